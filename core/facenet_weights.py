@@ -195,7 +195,9 @@ def build_model(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     # num_batches_tracked buffers only matter for training; everything else must match.
     missing = [name for name in missing if not name.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ModelError(f"converted FaceNet weights do not fit InceptionResnetV1: missing={missing} unexpected={unexpected}")
+        raise ModelError(
+            f"converted FaceNet weights do not fit InceptionResnetV1: missing={missing} unexpected={unexpected}"
+        )
     return model.eval()
 
 
@@ -238,6 +240,7 @@ def load_facenet_state_dict(graph_path: Path | None, cache_dir: Path) -> dict[st
 
 
 def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
+    temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -246,6 +249,10 @@ def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+        temporary = None
     except OSError as exc:
         # The conversion still works without a cache, it just costs a few seconds next time.
         logger.warning("cannot write weight cache %s: %s; set MASKID_CACHE_DIR to a writable folder", path, exc)
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ DEFAULT_DATASETS_DIR = Path("../shared/datasets")
 # Environment variable for each field whose name does not follow MASKID_<FIELD>.
 _ENV_NAMES = {
     "db_path": "MASKID_DB",
+    "datasets_dir": "MASKID_DATASETS",
     "telegram_token": "TELEGRAM_BOT_TOKEN",
     "telegram_api_base_url": "TELEGRAM_API_BASE_URL",
     "telegram_api_file_url": "TELEGRAM_API_FILE_URL",
