@@ -7,6 +7,7 @@ Every error maskid raises on purpose derives from :class:`MaskidError`::
     ├── NoFaceError           an image decoded, but no face passed the detector
     ├── ConfigurationError    a setting has an invalid value
     ├── ModelError            model weights are missing, corrupt or incompatible
+    ├── DatasetError          a dataset folder or pairs file is missing or malformed
     └── StorageError          the gallery database cannot be opened or written
         └── PersonNotFoundError
 
@@ -33,6 +34,10 @@ class ConfigurationError(MaskidError):
 
 class ModelError(MaskidError):
     """Model weights are missing, corrupt or do not fit the network."""
+
+
+class DatasetError(MaskidError):
+    """A dataset folder or evaluation file is missing or malformed."""
 
 
 class StorageError(MaskidError):

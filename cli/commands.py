@@ -1,0 +1,229 @@
+"""Handlers of the ``maskid`` subcommands.
+
+Each handler takes the parsed arguments and the settings and returns a
+:class:`CommandResult` with the text to print, the JSON-ready data for ``--json``
+and the exit status. Input photos are decoded before the gallery is opened, so a
+bad file fails the command without touching the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import DatasetError, NoFaceError
+from core.evaluation.lfw import evaluate_pairs, read_pairs
+from core.gallery_build import build_gallery
+from core.images import DecodedImage, load_image
+from core.pipeline import FacePipeline
+from core.service import FaceService, Identification, verify_images
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command prints: human-readable ``text``, or ``data`` as JSON with ``--json``."""
+
+    text: str
+    data: Any = None
+    exit_code: int = 0
+
+
+def load_images(paths: list[Path], settings: Settings) -> list[DecodedImage]:
+    """Decode every photo first, so that one bad file fails the command before any work is done."""
+    return [
+        load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels) for path in paths
+    ]
+
+
+async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    async with FaceService.from_settings(settings) as service:
+        summary = await build_gallery(service, args.directory, show_progress=not args.json)
+
+    lines = [
+        f"gallery {settings.db_path}: {len(summary.people)} people from {args.directory}",
+        f"  enrolled now:    {summary.enrolled} photos",
+        f"  already present: {summary.already_known} photos",
+        f"  no face found:   {summary.no_face} photos",
+        f"  skipped:         {len(summary.skipped)} files",
+    ]
+    lines += [f"    {path}: {reason}" for path, reason in summary.skipped]
+    data = {
+        "database": str(settings.db_path),
+        "people": len(summary.people),
+        "enrolled": summary.enrolled,
+        "already_known": summary.already_known,
+        "no_face": summary.no_face,
+        "skipped": [{"path": str(path), "reason": reason} for path, reason in summary.skipped],
+    }
+    nothing_usable = summary.enrolled + summary.already_known == 0
+    return CommandResult("\n".join(lines), data, exit_code=1 if nothing_usable else 0)
+
+
+async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    images = load_images(args.images, settings)
+    async with FaceService.from_settings(settings) as service:
+        # Analyse every photo before storing any, so a photo without a face stores nothing.
+        analysed = [await service.analyze(image) for image in images]
+        for image, faces in zip(images, analysed, strict=True):
+            if not faces:
+                raise NoFaceError(f"{image.source}: no face found; use a sharper, frontal, well-lit photo")
+        results = [
+            await service.enroll(args.name, image, source="cli", faces=faces)
+            for image, faces in zip(images, analysed, strict=True)
+        ]
+
+    lines = []
+    for image, result in zip(images, results, strict=True):
+        note = f" (main face of {result.faces_in_image})" if result.faces_in_image > 1 else ""
+        lines.append(f"{image.source}: enrolled as {result.person_name!r}{note}")
+    data = [
+        {"image": image.source, "person": result.person_name, "person_id": result.person_id,
+         "faces_in_image": result.faces_in_image, "template_ids": list(result.template_ids)}
+        for image, result in zip(images, results, strict=True)
+    ]  # fmt: skip
+    return CommandResult("\n".join(lines), data)
+
+
+async def identify(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    if args.top < 1:
+        raise DatasetError(f"--top must be at least 1, got {args.top}")
+    images = load_images(args.images, settings)
+    async with FaceService.from_settings(settings) as service:
+        if len(service.index) == 0:
+            logger.warning("the gallery %s is empty; every face will be unknown", settings.db_path)
+        results = [await service.identify(image, top_k=args.top) for image in images]
+
+    lines = []
+    data = []
+    for image, identifications in zip(images, results, strict=True):
+        if not identifications:
+            lines.append(f"{image.source}: no face found")
+        for number, identification in enumerate(identifications, start=1):
+            lines.append(f"{image.source} face {number}: {describe(identification)}")
+        data.append({"image": image.source, "faces": [identification_json(item) for item in identifications]})
+    return CommandResult("\n".join(lines), data)
+
+
+def describe(identification: Identification) -> str:
+    """One line: the name and similarity, or unknown with the best score, then the runners-up."""
+    box = ", ".join(f"{value:.0f}" for value in identification.face.box)
+    if identification.match is not None:
+        head = f"{identification.match.person.name} (similarity {identification.match.score:.3f})"
+    elif identification.candidates:
+        best = identification.candidates[0]
+        head = f"unknown (best {best.person.name} at {best.score:.3f} < threshold {identification.threshold:.3f})"
+    else:
+        head = "unknown (the gallery is empty)"
+    others = ", ".join(f"{item.person.name} {item.score:.3f}" for item in identification.candidates[1:])
+    return f"{head} box=({box})" + (f"; next: {others}" if others else "")
+
+
+def identification_json(identification: Identification) -> dict[str, Any]:
+    return {
+        "box": [round(value, 1) for value in identification.face.box],
+        "detection_probability": round(identification.face.probability, 4),
+        "name": identification.match.person.name if identification.match else None,
+        "similarity": round(identification.match.score, 4) if identification.match else None,
+        "threshold": identification.threshold,
+        "candidates": [
+            {"name": item.person.name, "person_id": item.person.id, "similarity": round(item.score, 4)}
+            for item in identification.candidates
+        ],
+    }
+
+
+async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    first, second = load_images([args.first, args.second], settings)
+    pipeline = FacePipeline.from_settings(settings)
+    verification = verify_images(pipeline, first, second, settings.match_threshold)
+    verdict = "same person" if verification.same else "different people"
+    text = f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"
+    data = {"same": verification.same, "similarity": round(verification.score, 4), "threshold": verification.threshold}
+    return CommandResult(text, data)
+
+
+async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    async with FaceService.from_settings(settings) as service:
+        summaries = await service.store.list_people()
+    lines = [
+        f"{summary.person.name}\t{summary.person.source}\t"
+        f"{summary.image_count} photos\t{summary.template_count} templates"
+        for summary in summaries
+    ]
+    lines.append(f"{len(summaries)} people in {settings.db_path}")
+    data = [
+        {"id": summary.person.id, "name": summary.person.name, "source": summary.person.source,
+         "images": summary.image_count, "templates": summary.template_count,
+         "created_at": summary.person.created_at.isoformat()}
+        for summary in summaries
+    ]  # fmt: skip
+    return CommandResult("\n".join(lines), data)
+
+
+async def remove(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    async with FaceService.from_settings(settings) as service:
+        removed = await service.remove(args.name)
+    lines = [
+        f"removed {item.person.name!r} ({item.person.source}): "
+        f"{item.image_count} photos, {item.template_count} templates"
+        for item in removed
+    ]
+    data = [
+        {"id": item.person.id, "name": item.person.name, "images": item.image_count, "templates": item.template_count}
+        for item in removed
+    ]
+    return CommandResult("\n".join(lines), data)
+
+
+async def eval_lfw_pairs(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    if not args.pairs.is_file():
+        raise DatasetError(f"pairs file {args.pairs} not found")
+    if not args.images.is_dir():
+        raise DatasetError(f"LFW image folder {args.images} not found")
+    try:
+        pairs = read_pairs(args.pairs, args.images)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+    missing = sorted({str(path) for pair in pairs for path in (pair.first, pair.second) if not path.is_file()})
+    if missing:
+        raise DatasetError(f"{len(missing)} images of {args.pairs} are missing under {args.images}, e.g. {missing[0]}")
+
+    pipeline = FacePipeline.from_settings(settings)
+    evaluation = evaluate_pairs(
+        pipeline,
+        pairs,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        batch_size=settings.batch_size,
+        show_progress=not args.json,
+    )
+    result = evaluation.result
+    text = "\n".join(
+        [
+            f"LFW pairs {args.pairs}: {result.pairs} pairs in {len(result.fold_accuracies)} folds",
+            f"model     {pipeline.model_id}",
+            f"accuracy  {result.accuracy:.4f} ± {result.accuracy_std:.4f}",
+            f"threshold {result.threshold:.3f} (cosine similarity, chosen on the other folds)",
+            f"no face in {len(evaluation.images_without_face)} of {evaluation.images} images; "
+            f"{evaluation.unscored_pairs} pairs counted as errors",
+        ]
+    )
+    data = {
+        "pairs": result.pairs,
+        "model_id": pipeline.model_id,
+        "accuracy": result.accuracy,
+        "accuracy_std": result.accuracy_std,
+        "threshold": result.threshold,
+        "fold_accuracies": list(result.fold_accuracies),
+        "fold_thresholds": list(result.fold_thresholds),
+        "images": evaluation.images,
+        "images_without_face": [str(path) for path in evaluation.images_without_face],
+        "unscored_pairs": evaluation.unscored_pairs,
+    }
+    return CommandResult(text, data)

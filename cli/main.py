@@ -1,0 +1,126 @@
+"""The ``maskid`` command line: gallery building, enrollment, identification and evaluation.
+
+The CLI sits beside ``core`` (and later ``bot``) so that ``core`` never imports a
+front end. Every command reads one :class:`~core.settings.Settings` object from
+the environment or ``.env``; global options override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cli import commands
+from core.errors import MaskidError
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Create the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="maskid",
+        description="Face identification that still works when people wear face masks.",
+        epilog="Settings also come from MASKID_* environment variables or a .env file; see .env.example.",
+    )
+    parser.add_argument("--db", type=Path, help="gallery database file (default: MASKID_DB or ./maskid.sqlite3)")
+    parser.add_argument("--device", help="compute device: cpu or cuda[:N] (default: MASKID_DEVICE or cpu)")
+    parser.add_argument("--threads", type=int, help="PyTorch CPU threads; 0 keeps its default (MASKID_TORCH_THREADS)")
+    parser.add_argument("--threshold", type=float, help="cosine similarity a match needs (MASKID_MATCH_THRESHOLD)")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file to read (default: .env)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gallery = subcommands.add_parser("gallery", help="build and manage the gallery").add_subparsers(
+        dest="gallery_command", required=True, metavar="SUBCOMMAND"
+    )
+    build = gallery.add_parser("build", help="enroll a folder-per-person dataset (incremental, resumable)")
+    build.add_argument("directory", type=Path, help="ROOT/<person>/<image> folder, e.g. LFW")
+    build.add_argument("--json", action="store_true", help="print the summary as JSON")
+    build.set_defaults(handler=commands.gallery_build)
+
+    enroll = subcommands.add_parser("enroll", help="add photos of one person to the gallery")
+    enroll.add_argument("name", help="the person's name")
+    enroll.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    enroll.add_argument("--json", action="store_true", help="print the result as JSON")
+    enroll.set_defaults(handler=commands.enroll)
+
+    identify = subcommands.add_parser("identify", help="name every face in photos")
+    identify.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    identify.add_argument("--top", type=int, default=3, metavar="K", help="candidates shown per face (default: 3)")
+    identify.add_argument("--json", action="store_true", help="print the results as JSON")
+    identify.set_defaults(handler=commands.identify)
+
+    verify = subcommands.add_parser("verify", help="tell whether two photos show the same person")
+    verify.add_argument("first", type=Path, metavar="IMAGE1")
+    verify.add_argument("second", type=Path, metavar="IMAGE2")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(handler=commands.verify)
+
+    people = subcommands.add_parser("people", help="list the people in the gallery")
+    people.add_argument("--json", action="store_true", help="print the list as JSON")
+    people.set_defaults(handler=commands.people)
+
+    remove = subcommands.add_parser("remove", help="delete a person and all their templates")
+    remove.add_argument("name", help="the person's name, as `maskid people` shows it")
+    remove.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+    remove.set_defaults(handler=commands.remove)
+
+    evaluate = subcommands.add_parser("eval", help="run an evaluation protocol").add_subparsers(
+        dest="eval_command", required=True, metavar="PROTOCOL"
+    )
+    lfw = evaluate.add_parser("lfw-pairs", help="LFW verification: k-fold accuracy on a pairs.txt file")
+    lfw.add_argument("pairs", type=Path, help="pairs file in the official pairs.txt format")
+    lfw.add_argument("images", type=Path, help="LFW folder with Name/Name_0001.jpg images")
+    lfw.add_argument("--json", action="store_true", help="print the result as JSON")
+    lfw.set_defaults(handler=commands.eval_lfw_pairs)
+    return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``maskid`` command line and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+
+    try:
+        settings = Settings.from_env(
+            env_file=args.env_file,
+            db_path=args.db,
+            device=args.device,
+            torch_threads=args.threads,
+            match_threshold=args.threshold,
+        )
+        result = asyncio.run(args.handler(args, settings))
+    except MaskidError as exc:
+        logger.debug("command failed", exc_info=True)
+        print(f"maskid: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("maskid: interrupted; work committed so far is kept, run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    if getattr(args, "json", False) and result.data is not None:
+        print(json.dumps(result.data, indent=2, ensure_ascii=False))
+    elif result.text:
+        print(result.text)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

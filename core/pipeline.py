@@ -1,0 +1,129 @@
+"""The face pipeline: decoded image in, every face with its box, landmarks and descriptor out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.alignment import AlignmentConfig, align_face
+from core.backbones import FaceNetCasia
+from core.detection import DetectedFace, FaceDetector
+from core.embedding import Embedder
+from core.images import DecodedImage
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """A detected face with its descriptor.
+
+    Attributes:
+        detection: box ``(x1, y1, x2, y2)`` in image pixels, probability and landmarks.
+        embedding: (D,) float32 unit-length descriptor.
+    """
+
+    detection: DetectedFace
+    embedding: np.ndarray
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.detection.box
+
+    @property
+    def probability(self) -> float:
+        return self.detection.probability
+
+
+class FacePipeline:
+    """Detect, align and embed faces. Models load on first use, never at construction.
+
+    Args:
+        detector: finds faces and their landmarks.
+        embedder: turns aligned crops into descriptors.
+        alignment: how crops are cut; part of :attr:`model_id`.
+    """
+
+    def __init__(self, detector: FaceDetector, embedder: Embedder, alignment: AlignmentConfig) -> None:
+        if alignment.size != embedder.backbone.input_size:
+            raise ValueError(
+                f"alignment size {alignment.size} does not match the backbone input size {embedder.backbone.input_size}"
+            )
+        self.detector = detector
+        self.embedder = embedder
+        self.alignment = alignment
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, alignment: AlignmentConfig | None = None) -> FacePipeline:
+        """Build the default pipeline: MTCNN, similarity alignment, FaceNet CASIA with flip averaging."""
+        detector = FaceDetector(
+            device=settings.device,
+            min_face_size=settings.min_face_size,
+            min_probability=settings.min_detection_probability,
+        )
+        backbone = FaceNetCasia(graph_path=settings.facenet_graph, cache_dir=settings.cache_dir)
+        embedder = Embedder(
+            backbone,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            torch_threads=settings.torch_threads,
+        )
+        return cls(detector, embedder, alignment or AlignmentConfig())
+
+    @property
+    def model_id(self) -> str:
+        """Id of the descriptor space: backbone, test-time flip and alignment together.
+
+        Templates with different ids are never compared, because a change of
+        alignment shifts descriptors as surely as a change of network.
+        """
+        return f"{self.embedder.model_id}/{self.alignment.tag}"
+
+    def analyze(self, image: DecodedImage) -> list[Face]:
+        """Return every face in ``image`` with its descriptor, largest first."""
+        return self.analyze_batch([image])[0]
+
+    def analyze_batch(self, images: Sequence[DecodedImage]) -> list[list[Face]]:
+        """Analyse several images with one detection pass per image size and one embedding pass."""
+        detections = self.detector.detect_batch([image.pixels for image in images])
+        return self.embed_detections(images, detections)
+
+    def embed_detections(
+        self, images: Sequence[DecodedImage], detections: Sequence[Sequence[DetectedFace]]
+    ) -> list[list[Face]]:
+        """Align and embed faces that were already detected in ``images``."""
+        crops = []
+        for image, faces in zip(images, detections, strict=True):
+            crops.extend(align_face(image.pixels, face, self.alignment) for face in faces)
+        size = self.alignment.size
+        stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
+        vectors = self.embedder.embed(stacked)
+
+        results: list[list[Face]] = []
+        position = 0
+        for faces in detections:
+            results.append([Face(face, vectors[position + index]) for index, face in enumerate(faces)])
+            position += len(faces)
+        logger.debug("analysed %d images, %d faces", len(images), position)
+        return results
+
+
+def main_face(faces: Sequence[Face], width: int, height: int) -> Face | None:
+    """Pick the subject of a portrait: among faces at least half the largest one's area, the most central.
+
+    Returns None when ``faces`` is empty.
+    """
+    if not faces:
+        return None
+    largest = max(face.detection.area for face in faces)
+    contenders = [face for face in faces if face.detection.area >= 0.5 * largest]
+
+    def distance_to_center(face: Face) -> float:
+        x1, y1, x2, y2 = face.box
+        return ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
+
+    return min(contenders, key=distance_to_center)
