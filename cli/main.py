@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import commands
+from cli import commands, mask_command
 from core.errors import MaskidError
 from core.settings import Settings
 
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name", help="the person's name, as `maskid people` shows it")
     remove.add_argument("--json", action="store_true", help="print what was deleted as JSON")
     remove.set_defaults(handler=commands.remove)
+
+    mask_command.add_mask_parser(subcommands)
 
     evaluate = subcommands.add_parser("eval", help="run an evaluation protocol").add_subparsers(
         dest="eval_command", required=True, metavar="PROTOCOL"
