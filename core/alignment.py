@@ -59,7 +59,7 @@ class AlignmentConfig:
             where the template is scaled so that ``margin=32`` means the default frame).
     """
 
-    method: AlignmentMethod = "similarity"
+    method: AlignmentMethod = "margin"
     size: int = 160
     margin: int = 32
 

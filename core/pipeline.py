@@ -59,7 +59,7 @@ class FacePipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, alignment: AlignmentConfig | None = None) -> FacePipeline:
-        """Build the default pipeline: MTCNN, similarity alignment, FaceNet CASIA with flip averaging."""
+        """Build the default pipeline: MTCNN, margin-32 crop, FaceNet CASIA with flip averaging."""
         detector = FaceDetector(
             device=settings.device,
             min_face_size=settings.min_face_size,

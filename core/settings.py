@@ -86,21 +86,21 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigurationError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+            _invalid("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.torch_threads < 0:
-            raise ConfigurationError(f"torch_threads must be 0 (default) or positive, got {self.torch_threads}")
+            _invalid("torch_threads", f"must be 0 (default) or positive, got {self.torch_threads}")
         if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be at least 1, got {self.batch_size}")
+            _invalid("batch_size", f"must be at least 1, got {self.batch_size}")
         if self.min_face_size < 1:
-            raise ConfigurationError(f"min_face_size must be at least 1 pixel, got {self.min_face_size}")
+            _invalid("min_face_size", f"must be at least 1 pixel, got {self.min_face_size}")
         if not 0.0 <= self.min_detection_probability <= 1.0:
-            raise ConfigurationError(
-                f"min_detection_probability must be in [0, 1], got {self.min_detection_probability}"
-            )
+            _invalid("min_detection_probability", f"must be in [0, 1], got {self.min_detection_probability}")
         if not -1.0 <= self.match_threshold <= 1.0:
-            raise ConfigurationError(f"match_threshold is a cosine similarity in [-1, 1], got {self.match_threshold}")
-        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
-            raise ConfigurationError("max_image_bytes and max_image_pixels must be positive")
+            _invalid("match_threshold", f"is a cosine similarity in [-1, 1], got {self.match_threshold}")
+        if self.max_image_bytes < 1:
+            _invalid("max_image_bytes", f"must be positive, got {self.max_image_bytes}")
+        if self.max_image_pixels < 1:
+            _invalid("max_image_pixels", f"must be positive, got {self.max_image_pixels}")
 
     @classmethod
     def from_env(
@@ -131,6 +131,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)
+
+
+def _invalid(field_name: str, problem: str) -> None:
+    variable = env_name(field_name)
+    raise ConfigurationError(f"{field_name} ({variable}) {problem}; fix it in the environment, .env or options")
 
 
 def env_name(field_name: str) -> str:

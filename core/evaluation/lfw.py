@@ -95,7 +95,8 @@ def split_folds(pairs: Sequence[Pair], default_folds: int = 10) -> list[np.ndarr
     """Return index arrays of the folds: each block of same pairs plus the different pairs after it.
 
     Falls back to ``default_folds`` contiguous, equally sized folds when the file
-    does not alternate in that way (for example a shuffled file).
+    does not alternate in that way, or alternates into more than ``default_folds``
+    blocks (as a shuffled file does).
     """
     folds: list[list[int]] = []
     previous_same: bool | None = None
@@ -107,7 +108,10 @@ def split_folds(pairs: Sequence[Pair], default_folds: int = 10) -> list[np.ndarr
         folds[-1].append(index)
         previous_same = pair.same
 
-    alternates = len(folds) >= 2 and all(pairs[fold[0]].same and not pairs[fold[-1]].same for fold in folds)
+    # A shuffled file also splits into same/different blocks, but into many more of them.
+    alternates = 2 <= len(folds) <= default_folds and all(
+        pairs[fold[0]].same and not pairs[fold[-1]].same for fold in folds
+    )
     if alternates:
         return [np.asarray(fold) for fold in folds]
     count = min(default_folds, len(pairs))
