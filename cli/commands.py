@@ -42,6 +42,8 @@ def load_images(paths: list[Path], settings: Settings) -> list[DecodedImage]:
 
 
 async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    if not args.directory.is_dir():
+        raise DatasetError(f"dataset folder {args.directory} not found; expected ROOT/<person>/<image> files")
     async with FaceService.from_settings(settings) as service:
         summary = await build_gallery(service, args.directory, show_progress=not args.json)
 
@@ -52,7 +54,7 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
         f"  no face found:   {summary.no_face} photos",
         f"  skipped:         {len(summary.skipped)} files",
     ]
-    lines += [f"    {path}: {reason}" for path, reason in summary.skipped]
+    lines += [f"    {reason}" if str(path) in reason else f"    {path}: {reason}" for path, reason in summary.skipped]
     data = {
         "database": str(settings.db_path),
         "people": len(summary.people),
@@ -67,12 +69,13 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
 
 async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
     images = load_images(args.images, settings)
-    async with FaceService.from_settings(settings) as service:
-        # Analyse every photo before storing any, so a photo without a face stores nothing.
-        analysed = [await service.analyze(image) for image in images]
-        for image, faces in zip(images, analysed, strict=True):
-            if not faces:
-                raise NoFaceError(f"{image.source}: no face found; use a sharper, frontal, well-lit photo")
+    service = FaceService.from_settings(settings)
+    # Analyse every photo before the gallery is opened, so a photo without a face stores nothing.
+    analysed = [service.pipeline.analyze(image) for image in images]
+    for image, faces in zip(images, analysed, strict=True):
+        if not faces:
+            raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
+    async with service:
         results = [
             await service.enroll(args.name, image, source="cli", faces=faces)
             for image, faces in zip(images, analysed, strict=True)
@@ -81,10 +84,14 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
     lines = []
     for image, result in zip(images, results, strict=True):
         note = f" (main face of {result.faces_in_image})" if result.faces_in_image > 1 else ""
-        lines.append(f"{image.source}: enrolled as {result.person_name!r}{note}")
+        if result.already_enrolled:
+            lines.append(f"{image.source}: already enrolled as {result.person_name!r}; nothing stored")
+        else:
+            lines.append(f"{image.source}: enrolled as {result.person_name!r}{note}")
     data = [
         {"image": image.source, "person": result.person_name, "person_id": result.person_id,
-         "faces_in_image": result.faces_in_image, "template_ids": list(result.template_ids)}
+         "faces_in_image": result.faces_in_image, "template_ids": list(result.template_ids),
+         "already_enrolled": result.already_enrolled}
         for image, result in zip(images, results, strict=True)
     ]  # fmt: skip
     return CommandResult("\n".join(lines), data)

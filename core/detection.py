@@ -10,14 +10,32 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 # Cascade thresholds of P-Net, R-Net and O-Net (facenet-pytorch's defaults).
 DEFAULT_STAGE_THRESHOLDS = (0.6, 0.7, 0.7)
+# Looser thresholds for the retry pass: masks hide the mouth and nose that O-Net scores.
+RETRY_STAGE_THRESHOLDS = (0.5, 0.6, 0.6)
+RETRY_MIN_PROBABILITY = 0.6
+# The retry pass upscales images whose shorter side is below this many pixels ...
+RETRY_MIN_SIDE = 160
+# ... and pads each side by this fraction of the side, because tight crops leave
+# P-Net no background to find the face outline against.
+RETRY_PADDING = 0.3
+# A photo with no detectable face is taken as a tight face crop when its
+# height / width ratio lies in this range (portrait crops are about 1.3).
+CROP_ASPECT_RANGE = (0.8, 2.0)
+# O-Net's face probability a whole photo needs to be taken as a face crop.
+WHOLE_IMAGE_MIN_PROBABILITY = 0.5
+ONET_INPUT_SIZE = 48
+
+DetectionMethod = Literal["mtcnn", "retry", "whole-image"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +47,15 @@ class DetectedFace:
         probability: O-Net face probability in [0, 1].
         landmarks: (5, 2) float32 ``(x, y)`` pixels, in the order left eye, right eye,
             nose tip, left mouth corner, right mouth corner ("left" as seen in the image).
+        method: ``"mtcnn"`` for a normal detection, ``"retry"`` when it took the padded,
+            upscaled, looser second pass, ``"whole-image"`` when no face was detected and
+            MTCNN's O-Net accepted the whole photo as a tight face crop.
     """
 
     box: tuple[float, float, float, float]
     probability: float
     landmarks: np.ndarray
+    method: DetectionMethod = "mtcnn"
 
     @property
     def width(self) -> float:
@@ -56,6 +78,10 @@ class FaceDetector:
         min_face_size: smallest face side, in pixels, that the image pyramid searches for.
         min_probability: faces below this O-Net probability are dropped.
         stage_thresholds: P-Net, R-Net and O-Net acceptance thresholds.
+        retry: when nothing is found, search again on an upscaled, padded copy with
+            looser thresholds (finds masked faces and tight crops).
+        whole_image_fallback: when the retry finds nothing either and the photo has a
+            portrait-crop shape, let O-Net score the whole photo as one face (method ``"whole-image"``).
     """
 
     def __init__(
@@ -65,6 +91,8 @@ class FaceDetector:
         min_face_size: int = 20,
         min_probability: float = 0.9,
         stage_thresholds: tuple[float, float, float] = DEFAULT_STAGE_THRESHOLDS,
+        retry: bool = True,
+        whole_image_fallback: bool = True,
     ) -> None:
         if min_face_size < 1:
             raise ValueError(f"min_face_size must be at least 1 pixel, got {min_face_size}")
@@ -74,22 +102,27 @@ class FaceDetector:
         self.min_face_size = min_face_size
         self.min_probability = min_probability
         self.stage_thresholds = stage_thresholds
-        self._mtcnn: torch.nn.Module | None = None
+        self.retry = retry
+        self.whole_image_fallback = whole_image_fallback
+        self._networks: dict[tuple[float, float, float], torch.nn.Module] = {}
         self._lock = threading.Lock()
 
-    def _network(self) -> torch.nn.Module:
+    def _network(self, thresholds: tuple[float, float, float] | None = None) -> torch.nn.Module:
+        thresholds = thresholds or self.stage_thresholds
         with self._lock:
-            if self._mtcnn is None:
+            if thresholds not in self._networks:
                 from facenet_pytorch import MTCNN
 
-                logger.info("loading MTCNN on %s (min face %d px)", self.device, self.min_face_size)
-                self._mtcnn = MTCNN(
+                logger.info(
+                    "loading MTCNN on %s (min face %d px, thresholds %s)", self.device, self.min_face_size, thresholds
+                )
+                self._networks[thresholds] = MTCNN(
                     keep_all=True,
                     min_face_size=self.min_face_size,
-                    thresholds=list(self.stage_thresholds),
+                    thresholds=list(thresholds),
                     device=torch.device(self.device),
                 )
-            return self._mtcnn
+            return self._networks[thresholds]
 
     def detect(self, pixels: np.ndarray) -> list[DetectedFace]:
         """Find every face in one (H, W, 3) uint8 RGB image, largest first."""
@@ -113,25 +146,87 @@ class FaceDetector:
             with torch.inference_mode():
                 boxes, probabilities, landmarks = network.detect(stacked, landmarks=True)
             for position, index in enumerate(indices):
-                results[index] = self._faces_from_mtcnn(boxes[position], probabilities[position], landmarks[position])
+                results[index] = _faces_from_mtcnn(
+                    boxes[position], probabilities[position], landmarks[position], self.min_probability
+                )
+
+        for index, faces in enumerate(results):
+            if not faces and self.retry:
+                results[index] = self._detect_again(images[index])
+            if not results[index] and self.whole_image_fallback:
+                results[index] = _whole_image_face(self._network().onet, images[index])
         return results
 
-    def _faces_from_mtcnn(self, boxes, probabilities, landmarks) -> list[DetectedFace]:
-        if boxes is None:
-            return []
-        faces = []
-        for box, probability, points in zip(boxes, probabilities, landmarks, strict=True):
-            if probability is None or float(probability) < self.min_probability:
-                continue
-            face = DetectedFace(
-                box=tuple(float(value) for value in box),
-                probability=float(probability),
-                landmarks=np.asarray(points, dtype=np.float32),
+    def _detect_again(self, pixels: np.ndarray) -> list[DetectedFace]:
+        """Search an upscaled, padded copy with looser thresholds; map faces back to ``pixels``."""
+        height, width = pixels.shape[:2]
+        scale = max(1.0, RETRY_MIN_SIDE / min(height, width))
+        image = Image.fromarray(pixels)
+        if scale > 1.0:
+            image = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC)
+        pad = round(RETRY_PADDING * max(image.size))
+        background = tuple(int(value) for value in pixels.reshape(-1, 3).mean(axis=0))
+        padded = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad), background)
+        padded.paste(image, (pad, pad))
+
+        with torch.inference_mode():
+            boxes, probabilities, landmarks = self._network(RETRY_STAGE_THRESHOLDS).detect(
+                np.asarray(padded)[None], landmarks=True
             )
-            if min(face.width, face.height) >= 1.0:
-                faces.append(face)
-        faces.sort(key=lambda face: face.area, reverse=True)
-        return faces
+        found = _faces_from_mtcnn(boxes[0], probabilities[0], landmarks[0], RETRY_MIN_PROBABILITY)
+        return [_map_back(face, pad, scale) for face in found]
+
+
+def _faces_from_mtcnn(boxes, probabilities, landmarks, min_probability: float) -> list[DetectedFace]:
+    if boxes is None:
+        return []
+    faces = []
+    for box, probability, points in zip(boxes, probabilities, landmarks, strict=True):
+        if probability is None or float(probability) < min_probability:
+            continue
+        face = DetectedFace(
+            box=tuple(float(value) for value in box),
+            probability=float(probability),
+            landmarks=np.asarray(points, dtype=np.float32),
+        )
+        if min(face.width, face.height) >= 1.0:
+            faces.append(face)
+    faces.sort(key=lambda face: face.area, reverse=True)
+    return faces
+
+
+def _map_back(face: DetectedFace, pad: int, scale: float) -> DetectedFace:
+    x1, y1, x2, y2 = face.box
+    box = ((x1 - pad) / scale, (y1 - pad) / scale, (x2 - pad) / scale, (y2 - pad) / scale)
+    landmarks = ((face.landmarks - pad) / scale).astype(np.float32)
+    return DetectedFace(box=box, probability=face.probability, landmarks=landmarks, method="retry")
+
+
+def _whole_image_face(onet: torch.nn.Module, pixels: np.ndarray) -> list[DetectedFace]:
+    """Score a portrait-shaped photo as one tight face crop with MTCNN's O-Net.
+
+    O-Net is MTCNN's last stage: it takes a 48x48 candidate and returns a face
+    probability and five landmarks. Feeding it the whole photo accepts tight crops
+    that the image pyramid misses, while a photo that is not a face scores near 0.
+    """
+    height, width = pixels.shape[:2]
+    low, high = CROP_ASPECT_RANGE
+    if not low <= height / width <= high:
+        return []
+
+    resized = np.asarray(Image.fromarray(pixels).resize((ONET_INPUT_SIZE, ONET_INPUT_SIZE), Image.Resampling.BOX))
+    batch = (torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float() - 127.5) * 0.0078125
+    with torch.inference_mode():
+        _, points, probabilities = onet(batch.to(next(onet.parameters()).device))
+    probability = float(probabilities[0, 1])
+    if probability < WHOLE_IMAGE_MIN_PROBABILITY:
+        return []
+
+    # O-Net gives landmark x in columns 0-4 and y in 5-9, as fractions of the candidate box.
+    points = points[0].cpu().numpy()
+    landmarks = np.stack([points[:5] * width, points[5:] * height], axis=1).astype(np.float32)
+    box = (0.0, 0.0, float(width), float(height))
+    return [DetectedFace(box=box, probability=probability, landmarks=landmarks, method="whole-image")]
 
 
 def _check_pixels(pixels: np.ndarray) -> None:

@@ -62,8 +62,10 @@ def person_name_from_folder(folder_name: str) -> str:
 def scan_dataset(root: Path, summary: BuildSummary | None = None) -> list[DatasetImage]:
     """List the photos under ``root``, sorted by person folder and file name.
 
-    Files without an image suffix are reported in ``summary.skipped``; symbolic
-    links to folders are not followed, so a link loop cannot trap the scan.
+    Files without an image suffix, files directly under ``root`` and symbolic
+    links to folders inside a person's folder are reported in ``summary.skipped``.
+    Person folders may be symbolic links, but nothing below them is followed, so a
+    link loop cannot trap the scan.
 
     Raises:
         DatasetError: ``root`` is missing or not a folder.
@@ -73,25 +75,25 @@ def scan_dataset(root: Path, summary: BuildSummary | None = None) -> list[Datase
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder; expected ROOT/<person>/<image> files")
 
+    skipped = summary.skipped if summary is not None else []
     images = []
-    for person_dir in sorted(_subdirectories(root)):
-        for path in sorted(_files_below(person_dir)):
+    for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
+        if not entry.is_dir():
+            skipped.append((Path(entry.path), "not inside a person folder; expected ROOT/<person>/<image>"))
+            continue
+        for path in sorted(_files_below(Path(entry.path), skipped)):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(DatasetImage(person_name_from_folder(person_dir.name), path))
-            elif summary is not None:
-                summary.skipped.append((path, "not an image file name"))
+                images.append(DatasetImage(person_name_from_folder(entry.name), path))
+            else:
+                skipped.append((path, "not an image file name"))
     return images
 
 
-def _subdirectories(root: Path) -> Iterator[Path]:
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                yield Path(entry.path)
-
-
-def _files_below(folder: Path) -> Iterator[Path]:
-    for directory, _, files in os.walk(folder, followlinks=False):
+def _files_below(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path]:
+    for directory, subdirectories, files in os.walk(folder, followlinks=False):
+        for name in subdirectories:
+            if os.path.islink(os.path.join(directory, name)):
+                skipped.append((Path(directory) / name, "symbolic link to a folder, not followed"))
         for name in files:
             yield Path(directory) / name
 
@@ -105,13 +107,14 @@ async def build_gallery(service: FaceService, root: Path, *, show_progress: bool
     """
     summary = BuildSummary()
     images = scan_dataset(root, summary)
-    known = await service.store.known_image_hashes(service.model_id)
-    logger.info("gallery build of %s: %d photos found, %d hashes known", root, len(images), len(known))
+    enrolled = await service.store.known_image_hashes(service.model_id, status="enrolled")
+    without_face = await service.store.known_image_hashes(service.model_id, status="no_face")
+    logger.info("gallery build of %s: %d photos found, %d hashes known", root, len(images), len(enrolled))
 
     with tqdm(total=len(images), unit="photo", desc="gallery build", disable=not show_progress) as progress:
         for start in range(0, len(images), BATCH_SIZE):
             batch = images[start : start + BATCH_SIZE]
-            await _build_batch(service, batch, known, summary)
+            await _build_batch(service, batch, enrolled, without_face, summary)
             progress.update(len(batch))
             progress.set_postfix(enrolled=summary.enrolled, no_face=summary.no_face, skipped=len(summary.skipped))
 
@@ -122,7 +125,13 @@ async def build_gallery(service: FaceService, root: Path, *, show_progress: bool
     return summary
 
 
-async def _build_batch(service: FaceService, batch: list[DatasetImage], known: set[str], summary: BuildSummary) -> None:
+async def _build_batch(
+    service: FaceService,
+    batch: list[DatasetImage],
+    enrolled: set[str],
+    without_face: set[str],
+    summary: BuildSummary,
+) -> None:
     fresh: list[tuple[DatasetImage, bytes]] = []
     for item in batch:
         try:
@@ -131,11 +140,14 @@ async def _build_batch(service: FaceService, batch: list[DatasetImage], known: s
             summary.skipped.append((item.path, str(exc)))
             continue
         digest = hashlib.sha256(data).hexdigest()
-        if digest in known:
+        if digest in without_face:
+            summary.no_face += 1
+            continue
+        if digest in enrolled:
             summary.already_known += 1
             summary.people.add(item.person_name)
             continue
-        known.add(digest)  # the same photo twice in one tree is enrolled once
+        enrolled.add(digest)  # the same photo twice in one tree is enrolled once
         fresh.append((item, data))
     if not fresh:
         return

@@ -64,13 +64,18 @@ class Verification:
 
 @dataclass(frozen=True)
 class EnrollResult:
-    """One enrolled photo: who it was added to and how many faces the photo had."""
+    """One enrolled photo: who it was added to and how many faces the photo had.
+
+    ``already_enrolled`` is True, and ``template_ids`` empty, when the person
+    already had this exact photo (same sha256) and nothing was stored.
+    """
 
     person_id: int
     person_name: str
     template_ids: tuple[int, ...]
     faces_in_image: int
     created_person: bool
+    already_enrolled: bool = False
 
 
 class FaceService:
@@ -159,9 +164,15 @@ class FaceService:
             faces = await self.analyze(image)
         face = main_face(faces, image.width, image.height)
         if face is None:
-            raise NoFaceError(f"{image.source or 'image'}: no face found; use a sharper, frontal, well-lit photo")
+            raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
         if len(faces) > 1:
             logger.warning("%s has %d faces; enrolling the main one for %r", image.source, len(faces), name)
+
+        for person in await self.store.find_people(name, source=source, owner_id=owner_id):
+            known = await self.store.known_image_hashes(self.model_id, status="enrolled", person_id=person.id)
+            if image.sha256 in known:
+                logger.info("image %s is already enrolled for person %d", image.sha256[:12], person.id)
+                return EnrollResult(person.id, name, (), len(faces), created_person=False, already_enrolled=True)
 
         template = NewTemplate(embedding=face.embedding, box=face.box, detection_probability=face.probability)
         enrollment = await self.store.enroll(
@@ -238,7 +249,7 @@ def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedIm
     for image, found in zip((first, second), pipeline.analyze_batch([first, second]), strict=True):
         face = main_face(found, image.width, image.height)
         if face is None:
-            raise NoFaceError(f"{image.source or 'image'}: no face found; use a sharper, frontal, well-lit photo")
+            raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
         faces.append(face)
     score = float(faces[0].embedding @ faces[1].embedding)
     return Verification(score=score, same=score >= threshold, threshold=threshold)

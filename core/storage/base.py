@@ -15,6 +15,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 from core.storage.records import (
     Enrollment,
     ImageRecord,
+    ImageStatus,
     NewTemplate,
     Person,
     PersonSummary,
@@ -85,8 +86,14 @@ class GalleryStore(Protocol):
         """
         ...
 
-    async def known_image_hashes(self, model_id: str) -> set[str]:
-        """Return the SHA-256 of every image enrolled or recorded as no-face under ``model_id``."""
+    async def known_image_hashes(
+        self, model_id: str, *, status: ImageStatus | None = None, person_id: int | None = None
+    ) -> set[str]:
+        """Return the SHA-256 of every image enrolled or recorded as no-face under ``model_id``.
+
+        ``status`` keeps only enrolled or only no-face images; ``person_id`` keeps
+        only that person's enrolled images.
+        """
         ...
 
     async def get_person(self, person_id: int) -> Person:

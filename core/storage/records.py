@@ -18,6 +18,7 @@ import numpy as np
 
 Source = Literal["dataset", "cli", "telegram"]
 TemplateKind = Literal["original", "synthetic"]
+ImageStatus = Literal["enrolled", "no_face"]
 
 SOURCES: Final[tuple[str, ...]] = ("dataset", "cli", "telegram")
 ORIGINAL: Final = "original"

@@ -39,6 +39,7 @@ from core.storage.records import (
     SYNTHETIC,
     Enrollment,
     ImageRecord,
+    ImageStatus,
     NewTemplate,
     Person,
     PersonSummary,
@@ -244,14 +245,26 @@ class SqliteGalleryStore:
         logger.debug("Recorded image %s as no-face image %s under model %s", image.sha256, image_id, model_id)
         return image_id
 
-    async def known_image_hashes(self, model_id: str) -> set[str]:
-        """Return the SHA-256 of every enrolled or no-face image under ``model_id``."""
+    async def known_image_hashes(
+        self, model_id: str, *, status: ImageStatus | None = None, person_id: int | None = None
+    ) -> set[str]:
+        """Return the SHA-256 of every enrolled or no-face image under ``model_id``.
+
+        ``status`` keeps only enrolled or only no-face images; ``person_id`` keeps
+        only that person's enrolled images.
+        """
         validate_model_id(model_id)
+        query = "SELECT DISTINCT sha256 FROM images WHERE model_id = ?"
+        parameters: list[object] = [model_id]
+        if status is not None:
+            query += " AND status = ?"
+            parameters.append(status)
+        if person_id is not None:
+            query += " AND person_id = ?"
+            parameters.append(person_id)
 
         async def read(connection: aiosqlite.Connection) -> set[str]:
-            rows = await connection.execute_fetchall(
-                "SELECT DISTINCT sha256 FROM images WHERE model_id = ?", (model_id,)
-            )
+            rows = await connection.execute_fetchall(query, parameters)
             return {row[0] for row in rows}
 
         return await self._read(read, action="read image hashes")
