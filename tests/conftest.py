@@ -37,7 +37,9 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, model_cache_dir: Path) -> Settings:
     """Settings whose database lives under ``tmp_path`` and whose cache is the session's."""
-    return Settings(db_path=tmp_path / "gallery.sqlite3", cache_dir=model_cache_dir, datasets_dir=configured_datasets_dir())
+    return Settings(
+        db_path=tmp_path / "gallery.sqlite3", cache_dir=model_cache_dir, datasets_dir=configured_datasets_dir()
+    )
 
 
 @pytest.fixture(scope="session")
