@@ -27,11 +27,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command prints: human-readable ``text``, or ``data`` as JSON with ``--json``."""
+    """What a command prints: human-readable ``text``, or ``data`` as JSON with ``--json``.
+
+    ``errors`` are printed to stderr, one per line, whatever the output format.
+    """
 
     text: str
     data: Any = None
     exit_code: int = 0
+    errors: tuple[str, ...] = ()
 
 
 def load_images(paths: list[Path], settings: Settings) -> list[DecodedImage]:
@@ -98,8 +102,6 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
 
 
 async def identify(args: argparse.Namespace, settings: Settings) -> CommandResult:
-    if args.top < 1:
-        raise DatasetError(f"--top must be at least 1, got {args.top}")
     images = load_images(args.images, settings)
     async with FaceService.from_settings(settings) as service:
         if len(service.index) == 0:
@@ -108,13 +110,15 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
 
     lines = []
     data = []
+    errors = []
     for image, identifications in zip(images, results, strict=True):
         if not identifications:
-            lines.append(f"{image.source}: no face found")
+            errors.append(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
         for number, identification in enumerate(identifications, start=1):
             lines.append(f"{image.source} face {number}: {describe(identification)}")
         data.append({"image": image.source, "faces": [identification_json(item) for item in identifications]})
-    return CommandResult("\n".join(lines), data)
+    # A photo without a face fails the command, but the other photos' answers are still printed.
+    return CommandResult("\n".join(lines), data, exit_code=1 if errors else 0, errors=tuple(errors))
 
 
 def describe(identification: Identification) -> str:

@@ -26,6 +26,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def positive_int(text: str) -> int:
+    """Parse a command-line integer that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Create the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -57,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     identify = subcommands.add_parser("identify", help="name every face in photos")
     identify.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
-    identify.add_argument("--top", type=int, default=3, metavar="K", help="candidates shown per face (default: 3)")
+    identify.add_argument(
+        "--top", type=positive_int, default=3, metavar="K", help="candidates shown per face (default: 3)"
+    )
     identify.add_argument("--json", action="store_true", help="print the results as JSON")
     identify.set_defaults(handler=commands.identify)
 
@@ -121,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result.data, indent=2, ensure_ascii=False))
     elif result.text:
         print(result.text)
+    for error in result.errors:
+        print(f"maskid: error: {error}", file=sys.stderr)
     return result.exit_code
 
 

@@ -166,7 +166,7 @@ class FaceService:
         if face is None:
             raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
         if len(faces) > 1:
-            logger.warning("%s has %d faces; enrolling the main one for %r", image.source, len(faces), name)
+            logger.info("%s has %d faces; enrolling the main one for %r", image.source, len(faces), name)
 
         for person in await self.store.find_people(name, source=source, owner_id=owner_id):
             known = await self.store.known_image_hashes(self.model_id, status="enrolled", person_id=person.id)
