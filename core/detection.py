@@ -138,7 +138,10 @@ class FaceDetector:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, pixels in enumerate(images):
             _check_pixels(pixels)
-            by_shape.setdefault(pixels.shape, []).append(index)
+            # MTCNN's image pyramid is empty (and facenet-pytorch raises) when the image is
+            # smaller than the smallest face searched for; the retry pass upscales those.
+            if min(pixels.shape[:2]) >= self.min_face_size:
+                by_shape.setdefault(pixels.shape, []).append(index)
 
         network = self._network()
         for indices in by_shape.values():

@@ -189,3 +189,14 @@ def test_detected_face_geometry() -> None:
     assert face.height == pytest.approx(80.0)
     assert face.area == pytest.approx(3200.0)
     assert inverted.area == pytest.approx(0.0)
+
+
+@pytest.mark.datasets
+def test_detect_photo_smaller_than_min_face_size(datasets_dir: Path) -> None:
+    detector = FaceDetector(min_face_size=20)
+    photo = Image.open(datasets_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0001.jpg").convert("RGB")
+    tiny = np.asarray(photo.crop((70, 60, 180, 190)).resize((14, 16), Image.Resampling.BOX))
+
+    faces = detector.detect(tiny)
+
+    assert all(face.method != "mtcnn" for face in faces)
