@@ -250,7 +250,7 @@ def test_alignment_config_rejects_invalid_values(kwargs: dict[str, object], mess
 
 @pytest.mark.parametrize(
     ("config", "tag"),
-    [(AlignmentConfig(), "similarity32"), (AlignmentConfig(method="margin", margin=20), "margin20")],
+    [(AlignmentConfig(), "margin32"), (AlignmentConfig(method="similarity", margin=20), "similarity20")],
     ids=["default", "margin20"],
 )
 def test_alignment_config_tag(config: AlignmentConfig, tag: str) -> None:
