@@ -287,7 +287,7 @@ def _probe_set_lines(result: ProbeSetResult) -> list[str]:
     lines.append(f"  rank-1                   {result.rank1:.3f}")
     lines.append(f"  rank-5                   {result.rank5:.3f}")
     for point in result.operating_points:
-        lines.append(f"  TPIR @ FPIR {point.target_fpir:<6.1%}      {point.tpir:.3f}  {_describe_threshold(point)}")
+        lines.append(f"  TPIR @ FPIR {point.target_fpir:<6.1%}       {point.tpir:.3f}  {_describe_threshold(point)}")
     if not result.non_mated:
         lines.append("  no non-mated probes, so no open-set rates")
     return lines
