@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import commands, mask_command
+from cli import commands, eval_ident_command, mask_command
 from core.errors import MaskidError
 from core.settings import Settings
 
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     lfw.add_argument("images", type=Path, help="LFW folder with Name/Name_0001.jpg images")
     lfw.add_argument("--json", action="store_true", help="print the result as JSON")
     lfw.set_defaults(handler=commands.eval_lfw_pairs)
+    eval_ident_command.add_eval_ident_parser(evaluate)
     return parser
 
 
