@@ -117,7 +117,7 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
         for number, identification in enumerate(identifications, start=1):
             lines.append(f"{image.source} face {number}: {describe(identification)}")
         data.append({"image": image.source, "faces": [identification_json(item) for item in identifications]})
-    # A photo without a face fails the command, but the other photos' answers are still printed.
+    # A photo without a face fails the command, but the other photos' results are still printed.
     return CommandResult("\n".join(lines), data, exit_code=1 if errors else 0, errors=tuple(errors))
 
 

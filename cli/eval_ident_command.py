@@ -67,7 +67,7 @@ def add_eval_ident_parser(eval_subcommands: argparse._SubParsersAction) -> argpa
         description=(
             "Enroll the first K photos of each person of a folder-per-person gallery, then rank each probe "
             "against it. Mated probes are labelled by their person folder's name, which must match a gallery "
-            "folder name; non-mated probes show people who are not enrolled."
+            "folder name. Non-mated probes show people who are not enrolled."
         ),
     )
 
@@ -316,7 +316,7 @@ def _describe_threshold(point: OperatingPoint) -> str:
 
 
 def evaluation_json(evaluation: IdentificationEvaluation, seconds: float, plots: dict[str, Path]) -> dict[str, Any]:
-    """Everything the run measured, as JSON-ready data; NaN and infinite values become null."""
+    """Collect everything the run measured as JSON-ready data, with NaN and infinite values as null."""
     return {
         "model_id": evaluation.model_id,
         "matcher": evaluation.matcher,

@@ -172,7 +172,7 @@ def _warp(pixels: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray:
         image = image.reduce(factor)
         inverse = inverse / factor
 
-    # PIL's AFFINE data maps output to input coordinates; both PIL and maskid put
+    # PIL's AFFINE data maps output to input coordinates. Both PIL and maskid put
     # pixel (i, j) on the unit square from (i, j) to (i + 1, j + 1).
     crop = image.transform((size, size), Image.Transform.AFFINE, inverse.ravel(), resample=Image.Resampling.BILINEAR)
     return np.asarray(crop, dtype=np.uint8)

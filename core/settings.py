@@ -72,7 +72,7 @@ class Settings:
     min_face_size: int = 20  # pixels, on the shorter side of the face box
     min_detection_probability: float = 0.90
 
-    # Matching: cosine similarity below this answers "unknown".
+    # Matching: a best cosine similarity below this threshold is reported as "unknown".
     match_threshold: float = 0.45
 
     # Image intake limits, checked before decoding.
