@@ -18,13 +18,12 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 from cli.main import main
@@ -33,6 +32,8 @@ from core.pipeline import FacePipeline
 from core.service import FaceService
 from core.settings import Settings
 from core.storage import SqliteGalleryStore
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("gallery", "enroll", "identify", "verify", "people", "remove", "eval")
@@ -156,20 +157,6 @@ def cli_environment(db: Path, cache_dir: Path) -> dict[str, str]:
 
 
 # Fixtures.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run in-process model work on one PyTorch thread, and restore the count afterwards.
-
-    One thread keeps the tests cheap on a busy CPU: on 2 cores at load average 8, one LFW
-    photo took 0.15 s of CPU (time.process_time) on one thread and 0.5-0.9 s on two.
-    Subprocesses get MASKID_TORCH_THREADS=1 for the same reason.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -16,11 +16,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from core.errors import DatasetError
@@ -29,6 +27,8 @@ from core.pipeline import FacePipeline
 from core.service import FaceService
 from core.settings import Settings
 from core.storage import SqliteGalleryStore
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,20 +129,6 @@ def wait_for_committed_image(db: Path, process: subprocess.Popen[bytes], timeout
             if count_rows(db, "images") > 0:
                 return
         time.sleep(0.02)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run in-process model work on one PyTorch thread, and restore the count afterwards.
-
-    One thread keeps the tests cheap on a busy CPU: on 2 cores at load average 8, one LFW
-    photo took 0.15 s of CPU (time.process_time) on one thread and 0.5-0.9 s on two.
-    Subprocesses get MASKID_TORCH_THREADS=1 for the same reason.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # Scanning, no model needed.
