@@ -36,7 +36,7 @@ from core.storage import SqliteGalleryStore
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("gallery", "enroll", "identify", "verify", "people", "remove", "eval")
+COMMANDS = ("gallery", "enroll", "identify", "verify", "people", "remove", "mask", "eval")
 
 # The module's gallery enrolls photos 1-3 of these LFW people; photo 4 is held out as a probe.
 ENROLLED = ("Alan_Greenspan", "Angela_Merkel", "Al_Sharpton")
