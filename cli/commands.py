@@ -105,7 +105,11 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
     images = load_images(args.images, settings)
     async with FaceService.from_settings(settings) as service:
         if len(service.index) == 0:
-            logger.warning("the gallery %s is empty; every face will be unknown", settings.db_path)
+            logger.warning(
+                "the gallery %s has no templates of model %s; every face will be unknown",
+                settings.db_path,
+                service.model_id,
+            )
         results = [await service.identify(image, top_k=args.top) for image in images]
 
     lines = []

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.devices import torch_device
+
 logger = logging.getLogger(__name__)
 
 # Cascade thresholds of P-Net, R-Net and O-Net (facenet-pytorch's defaults).
@@ -120,7 +122,7 @@ class FaceDetector:
                     keep_all=True,
                     min_face_size=self.min_face_size,
                     thresholds=list(thresholds),
-                    device=torch.device(self.device),
+                    device=torch_device(self.device),
                 )
             return self._networks[thresholds]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from core.backbones import Backbone
-from core.errors import ConfigurationError
+from core.devices import torch_device
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backbone = backbone
-        self.device = torch.device(device)
+        self.device = device
         self.batch_size = batch_size
         self.flip = flip
         self.torch_threads = torch_threads
@@ -57,14 +57,11 @@ class Embedder:
     def _load(self) -> torch.nn.Module:
         with self._lock:
             if self._network is None:
-                if self.device.type == "cuda" and not torch.cuda.is_available():
-                    raise ConfigurationError(
-                        f"device {self.device} requested but CUDA is not available; use --device cpu"
-                    )
+                device = torch_device(self.device)
                 if self.torch_threads:
                     torch.set_num_threads(self.torch_threads)
-                logger.info("loading %s on %s", self.backbone.model_id, self.device)
-                self._network = self.backbone.load(self.device)
+                logger.info("loading %s on %s", self.backbone.model_id, device)
+                self._network = self.backbone.load(device)
             return self._network
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -84,7 +81,8 @@ class Embedder:
         network = self._load()
         outputs = []
         for start in range(0, len(crops), self.batch_size):
-            batch = self.backbone.preprocess(crops[start : start + self.batch_size]).to(self.device)
+            batch = self.backbone.preprocess(crops[start : start + self.batch_size])
+            batch = batch.to(next(network.parameters()).device)
             outputs.append(self._forward(network, batch))
         return np.concatenate(outputs)
 
