@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import DatasetError, NoFaceError
+from core.errors import DatasetError, InvalidImageError, NoFaceError, StorageError
 from core.evaluation.lfw import evaluate_pairs, read_pairs
 from core.gallery_build import build_gallery
 from core.images import DecodedImage, load_image
@@ -43,6 +43,18 @@ def load_images(paths: list[Path], settings: Settings) -> list[DecodedImage]:
     return [
         load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels) for path in paths
     ]
+
+
+def require_gallery(settings: Settings) -> None:
+    """Fail a command that only reads the gallery when its database file does not exist.
+
+    Opening a missing file would create an empty gallery, which hides a mistyped ``--db``.
+    """
+    if not settings.db_path.exists():
+        raise StorageError(
+            f"gallery database {settings.db_path} not found; create it with `maskid gallery build DIR` "
+            "or `maskid enroll NAME IMAGE`, or point --db / MASKID_DB at an existing one"
+        )
 
 
 async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
@@ -102,7 +114,15 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
 
 
 async def identify(args: argparse.Namespace, settings: Settings) -> CommandResult:
-    images = load_images(args.images, settings)
+    require_gallery(settings)
+    images = []
+    errors = []
+    for path in args.images:
+        # A bad file fails the command, but the other photos are still identified.
+        try:
+            images.append(load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels))
+        except InvalidImageError as exc:
+            errors.append(str(exc))
     async with FaceService.from_settings(settings) as service:
         if len(service.index) == 0:
             logger.warning(
@@ -114,7 +134,6 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
 
     lines = []
     data = []
-    errors = []
     for image, identifications in zip(images, results, strict=True):
         if not identifications:
             errors.append(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
@@ -123,6 +142,11 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
         data.append({"image": image.source, "faces": [identification_json(item) for item in identifications]})
     # A photo without a face fails the command, but the other photos' results are still printed.
     return CommandResult("\n".join(lines), data, exit_code=1 if errors else 0, errors=tuple(errors))
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """Return ``"1 photo"`` or ``"2 photos"``."""
+    return f"{count} {singular if count == 1 else plural_form or singular + 's'}"
 
 
 def describe(identification: Identification) -> str:
@@ -164,14 +188,16 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
 
 
 async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    require_gallery(settings)
     async with FaceService.from_settings(settings) as service:
         summaries = await service.store.list_people()
     lines = [
         f"{summary.person.name}\t{summary.person.source}\t"
-        f"{summary.image_count} photos\t{summary.template_count} templates"
+        f"{plural(summary.image_count, 'photo')}\t{plural(summary.template_count, 'template')}"
         for summary in summaries
     ]
-    lines.append(f"{len(summaries)} people in {settings.db_path}")
+    lines.insert(0, "name\tsource (dataset, cli or telegram)\tphotos\ttemplates")
+    lines.append(f"{plural(len(summaries), 'person', 'people')} in {settings.db_path}")
     data = [
         {"id": summary.person.id, "name": summary.person.name, "source": summary.person.source,
          "images": summary.image_count, "templates": summary.template_count,
@@ -182,11 +208,12 @@ async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
 
 
 async def remove(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    require_gallery(settings)
     async with FaceService.from_settings(settings) as service:
         removed = await service.remove(args.name)
     lines = [
         f"removed {item.person.name!r} ({item.person.source}): "
-        f"{item.image_count} photos, {item.template_count} templates"
+        f"{plural(item.image_count, 'photo')}, {plural(item.template_count, 'template')}"
         for item in removed
     ]
     data = [

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cli import commands, eval_ident_command, mask_command
-from core.errors import MaskidError
+from core.errors import ConfigurationError, MaskidError
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="compute device: cpu or cuda[:N] (default: MASKID_DEVICE or cpu)")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads; 0 keeps its default (MASKID_TORCH_THREADS)")
     parser.add_argument("--threshold", type=float, help="cosine similarity a match needs (MASKID_MATCH_THRESHOLD)")
-    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file to read (default: .env)")
+    parser.add_argument("--env-file", type=Path, help="settings file to read (default: .env when it exists)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -115,8 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
 
     try:
+        if args.env_file is not None and not args.env_file.is_file():
+            raise ConfigurationError(f"settings file {args.env_file} not found; fix --env-file or leave it out")
         settings = Settings.from_env(
-            env_file=args.env_file,
+            env_file=args.env_file or Path(".env"),
             db_path=args.db,
             device=args.device,
             torch_threads=args.threads,

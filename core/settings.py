@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,8 @@ from typing import Any
 from dotenv import dotenv_values
 
 from core.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("maskid.sqlite3")
 DEFAULT_DATASETS_DIR = Path("../shared/datasets")
@@ -119,6 +122,11 @@ class Settings:
         if env_file is not None and env_file.is_file():
             values.update({key: value for key, value in dotenv_values(env_file).items() if value is not None})
         values.update(os.environ if environ is None else environ)
+
+        known = {env_name(settings_field.name) for settings_field in fields(cls)}
+        for name in sorted(values):
+            if name.startswith("MASKID_") and name not in known:
+                logger.warning("ignoring unknown setting %s; .env.example lists the valid names", name)
 
         kwargs: dict[str, Any] = {}
         for settings_field in fields(cls):

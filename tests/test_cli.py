@@ -447,7 +447,11 @@ def test_enroll_people_remove(
     listed = maskid("people")
 
     assert listed.exit_code == 0, listed.stderr
-    assert listed.stdout.splitlines() == ["Jane Doe\tcli\t2 photos\t2 templates", f"1 people in {db_path}"]
+    assert listed.stdout.splitlines() == [
+        "name\tsource (dataset, cli or telegram)\tphotos\ttemplates",
+        "Jane Doe\tcli\t2 photos\t2 templates",
+        f"1 person in {db_path}",
+    ]
 
     listed_json = maskid_in_process("people", "--json")
     people = listed_json.json()
@@ -599,3 +603,48 @@ def test_eval_lfw_pairs_json(maskid_in_process: MaskidRunner, tmp_path: Path, da
     assert result["accuracy"] == pytest.approx(sum(result["fold_accuracies"]) / 2)
     assert -1.0 <= result["threshold"] <= 1.0
     assert result["unscored_pairs"] == 0
+
+
+# Mistyped paths and settings.
+
+
+def test_people_missing_database_rejected(maskid_in_process: MaskidRunner, db_path: Path) -> None:
+    run = maskid_in_process("people")
+
+    assert_one_line_error(run)
+    assert f"gallery database {db_path} not found" in run.stderr
+    assert not db_path.exists()
+
+
+def test_missing_env_file_rejected(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
+    run = maskid_in_process("--env-file", tmp_path / "missing.env", "people")
+
+    assert_one_line_error(run)
+    assert "settings file" in run.stderr
+    assert "not found" in run.stderr
+
+
+def test_unknown_setting_logged(
+    maskid_in_process: MaskidRunner, gallery_db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MASKID_THRESHOLD", "0.9")
+
+    run = maskid_in_process("people")
+
+    assert run.exit_code == 0
+    assert "ignoring unknown setting MASKID_THRESHOLD" in caplog.text
+
+
+@pytest.mark.datasets
+def test_identify_bad_file_keeps_other_results(
+    maskid_in_process: MaskidRunner, gallery_db: Path, tmp_path: Path, datasets_dir: Path
+) -> None:
+    good = lfw_photo(datasets_dir, "Alan_Greenspan", HELD_OUT)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+
+    run = maskid_in_process("identify", good, bad)
+
+    assert_one_line_error(run)
+    assert "not a supported image" in run.stderr
+    assert "Alan Greenspan" in run.stdout
