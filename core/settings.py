@@ -76,6 +76,8 @@ class Settings:
     min_detection_probability: float = 0.90
 
     # Matching: a best cosine similarity below this threshold is reported as "unknown".
+    # TODO: replace this fixed default with thresholds calibrated on non-mated probes,
+    # one for masked and one for unmasked faces.
     match_threshold: float = 0.45
 
     # Image intake limits, checked before decoding.
