@@ -64,12 +64,15 @@ class FacePipeline:
             device=settings.device,
             min_face_size=settings.min_face_size,
             min_probability=settings.min_detection_probability,
+            retry=settings.detection_retry,
+            whole_image_fallback=settings.whole_image_fallback,
         )
         backbone = FaceNetCasia(graph_path=settings.facenet_graph, cache_dir=settings.cache_dir)
         embedder = Embedder(
             backbone,
             device=settings.device,
             batch_size=settings.batch_size,
+            flip=settings.flip,
             torch_threads=settings.torch_threads,
         )
         return cls(detector, embedder, alignment or AlignmentConfig())

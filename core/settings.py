@@ -74,6 +74,13 @@ class Settings:
     # Detection.
     min_face_size: int = 20  # pixels, on the shorter side of the face box
     min_detection_probability: float = 0.90
+    # When MTCNN finds nothing: search an upscaled, padded copy with looser thresholds,
+    # then let O-Net score a portrait-shaped photo as one tight face crop.
+    detection_retry: bool = True
+    whole_image_fallback: bool = True
+
+    # Embedding: average the descriptors of each crop and its mirror image.
+    flip: bool = True
 
     # Matching: a best cosine similarity below this threshold is reported as "unknown".
     # TODO: replace this fixed default with thresholds calibrated on non-mated probes,

@@ -172,3 +172,14 @@ def test_embedder_empty_batch(pipeline: FacePipeline) -> None:
 def test_embedder_rejects_bad_crops(pipeline: FacePipeline, crops: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"expected \(N, 160, 160, 3\) uint8 crops"):
         pipeline.embedder.embed(crops)
+
+
+def test_plain_settings_reach_pipeline(settings: Settings) -> None:
+    plain = settings.replace(detection_retry=False, whole_image_fallback=False, flip=False)
+
+    pipeline = FacePipeline.from_settings(plain)
+
+    assert pipeline.detector.retry is False
+    assert pipeline.detector.whole_image_fallback is False
+    assert pipeline.embedder.flip is False
+    assert "+flip" not in pipeline.model_id

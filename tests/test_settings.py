@@ -200,3 +200,15 @@ def test_replace_validates() -> None:
     with pytest.raises(ConfigurationError, match=r"batch_size \(MASKID_BATCH_SIZE\) must be at least 1"):
         settings.replace(batch_size=0)
     assert settings.replace(batch_size=2).batch_size == 2
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("0", False), ("no", False), ("1", True), ("True", True)])
+def test_boolean_setting_parsed(raw: str, expected: bool) -> None:
+    settings = Settings.from_env({"MASKID_DETECTION_RETRY": raw}, env_file=None)
+
+    assert settings.detection_retry is expected
+
+
+def test_invalid_boolean_setting_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="MASKID_FLIP='maybe' is not a valid bool"):
+        Settings.from_env({"MASKID_FLIP": "maybe"}, env_file=None)
