@@ -182,9 +182,19 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
     pipeline = FacePipeline.from_settings(settings)
     verification = verify_images(pipeline, first, second, settings.match_threshold)
     verdict = "same person" if verification.same else "different people"
-    text = f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"
-    data = {"same": verification.same, "similarity": round(verification.score, 4), "threshold": verification.threshold}
-    return CommandResult(text, data)
+    lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"]
+    for image, box, count in zip((first, second), verification.boxes, verification.faces_found, strict=True):
+        if count > 1:
+            compared = ", ".join(f"{value:.0f}" for value in box)
+            lines.append(f"  {image.source}: compared the main face of {count}, box=({compared})")
+    data = {
+        "same": verification.same,
+        "similarity": round(verification.score, 4),
+        "threshold": verification.threshold,
+        "boxes": [[round(value, 1) for value in box] for box in verification.boxes],
+        "faces_found": list(verification.faces_found),
+    }
+    return CommandResult("\n".join(lines), data)
 
 
 async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:

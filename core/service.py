@@ -55,11 +55,18 @@ class Identification:
 
 @dataclass(frozen=True)
 class Verification:
-    """Whether two photos show the same person: their main faces' cosine similarity against the threshold."""
+    """Whether two photos show the same person: their main faces' cosine similarity against the threshold.
+
+    Attributes:
+        boxes: the compared face of each photo, ``(x1, y1, x2, y2)`` in its pixels.
+        faces_found: how many faces each photo had; the main one was compared.
+    """
 
     score: float
     same: bool
     threshold: float
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    faces_found: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,13 +253,22 @@ def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedIm
         NoFaceError: either photo has no face; the message names it.
     """
     faces = []
+    counts = []
     for image, found in zip((first, second), pipeline.analyze_batch([first, second]), strict=True):
         face = main_face(found, image.width, image.height)
         if face is None:
             raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
         faces.append(face)
+        counts.append(len(found))
+
     score = float(faces[0].embedding @ faces[1].embedding)
-    return Verification(score=score, same=score >= threshold, threshold=threshold)
+    return Verification(
+        score=score,
+        same=score >= threshold,
+        threshold=threshold,
+        boxes=tuple(face.box for face in faces),
+        faces_found=tuple(counts),
+    )
 
 
 def _image_record(image: DecodedImage) -> ImageRecord:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -571,6 +572,22 @@ def test_verify(
     assert result["same"] is same
     assert (result["similarity"] >= result["threshold"]) is same
     assert result["threshold"] == 0.45
+    assert result["faces_found"] == [1, 1]
+    assert len(result["boxes"]) == 2
+
+
+@pytest.mark.datasets
+def test_verify_names_main_face_of_group(maskid_in_process: MaskidRunner, tmp_path: Path, datasets_dir: Path) -> None:
+    single = lfw_photo(datasets_dir, "Alan_Greenspan", 1)
+    pair_photo = tmp_path / "two.png"
+    left = np.asarray(Image.open(single).convert("RGB"))
+    right = np.asarray(Image.open(lfw_photo(datasets_dir, "Angela_Merkel", 1)).convert("RGB"))
+    Image.fromarray(np.concatenate([left, right], axis=1)).save(pair_photo)
+
+    run = maskid_in_process("verify", single, pair_photo)
+
+    assert run.exit_code == 0, run.stderr
+    assert f"{pair_photo}: compared the main face of 2" in run.stdout
 
 
 # eval lfw-pairs.
