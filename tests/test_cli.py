@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_environment import cli_environment
 from PIL import Image
 
 from cli.main import main
@@ -145,16 +146,6 @@ def assert_one_line_error(run: CliRun) -> None:
     assert run.stderr.startswith("maskid: error: "), run.stderr
     assert len(run.stderr.splitlines()) == 1, run.stderr
     assert "Traceback" not in run.stderr
-
-
-def cli_environment(db: Path, cache_dir: Path) -> dict[str, str]:
-    """Return this process's environment without MASKID_* settings, pointed at ``db`` and ``cache_dir``."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("MASKID_")}
-    environment["MASKID_DB"] = str(db)
-    environment["MASKID_CACHE_DIR"] = str(cache_dir)
-    environment["MASKID_TORCH_THREADS"] = "1"
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return environment
 
 
 # Fixtures.

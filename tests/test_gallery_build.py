@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_environment import cli_environment
 from PIL import Image
 
 from core.errors import DatasetError
@@ -109,16 +109,6 @@ def build(settings: Settings, pipeline: FacePipeline, root: Path) -> BuildSummar
             return await build_gallery(service, root, show_progress=False)
 
     return asyncio.run(run())
-
-
-def cli_environment(db: Path, cache_dir: Path) -> dict[str, str]:
-    """Return this process's environment without MASKID_* settings, pointed at ``db`` and ``cache_dir``."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("MASKID_")}
-    environment["MASKID_DB"] = str(db)
-    environment["MASKID_CACHE_DIR"] = str(cache_dir)
-    environment["MASKID_TORCH_THREADS"] = "1"
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return environment
 
 
 def wait_for_committed_image(db: Path, process: subprocess.Popen[bytes], timeout_s: float) -> None:
