@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command prints: human-readable ``text``, or ``data`` as JSON with ``--json``.
+    """Output of a command: human-readable ``text``, or ``data`` as JSON with ``--json``.
 
     ``errors`` are printed to stderr, one per line, whatever the output format.
     """
@@ -150,7 +150,7 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
 
 
 def describe(identification: Identification) -> str:
-    """One line: the name and similarity, or unknown with the best score, then the runners-up."""
+    """Format one face as a line: the name and similarity, or unknown with the best score, then the runners-up."""
     box = ", ".join(f"{value:.0f}" for value in identification.face.box)
     if identification.match is not None:
         head = f"{identification.match.person.name} (similarity {identification.match.score:.3f})"

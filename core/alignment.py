@@ -49,7 +49,7 @@ TEMPLATE_SIZE = 160
 
 @dataclass(frozen=True)
 class AlignmentConfig:
-    """How faces are cut out for the embedding network.
+    """Settings for cutting faces out for the embedding network.
 
     Attributes:
         method: ``"margin"`` (box plus margin) or ``"similarity"`` (landmark warp).

@@ -147,7 +147,7 @@ def convert_constants(constants: dict[str, np.ndarray]) -> dict[str, torch.Tenso
 
     Raises:
         ModelError: a constant the mapping expects is missing, has the wrong shape,
-            or the graph holds conv weights that the mapping does not use.
+            or the graph contains conv weights that the mapping does not use.
     """
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()

@@ -3,9 +3,9 @@
 Layout: ``ROOT/<person>/<image>``, for example LFW's ``Name/Name_0001.jpg`` or a
 plain ``alice/holiday.jpg``. A person's name is the folder name with underscores
 shown as spaces. Each photo is committed in its own transaction, so an
-interrupted build loses at most the photos in flight, and a rerun skips every
-photo whose sha256 the gallery already holds for the current model (enrolled or
-known to contain no face).
+interrupted build loses at most the photos in flight. A rerun skips every photo
+whose sha256 the gallery already contains for the current model, enrolled or
+known to contain no face.
 """
 
 from __future__ import annotations

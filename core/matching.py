@@ -2,7 +2,7 @@
 
 The gallery is an (N, D) float32 matrix of unit-length templates with the person
 each belongs to. A probe's score for a person is the maximum cosine similarity
-over that person's templates; candidates are returned best first, and the best
+over that person's templates. Candidates are returned best first, and the best
 one is accepted only when its score reaches the threshold.
 """
 

@@ -1,7 +1,7 @@
 """Compare face alignments on the LFW pairs: margin crops at several margins against landmark warps.
 
 For every image in the pairs file, MTCNN runs once (results cached in the output
-folder); each alignment then cuts the crops and FaceNet embeds them with and
+folder). Each alignment then cuts the crops, and FaceNet embeds them with and
 without the mirrored crop averaged in. The script prints a Markdown table of
 10-fold accuracy and, with ``--template``, the mean landmark positions in a
 margin-32 crop (the source of ``core.alignment.FACENET_TEMPLATE_160``).

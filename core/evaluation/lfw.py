@@ -6,7 +6,7 @@ Pairs files use the official ``pairs.txt`` line format::
     Name1<TAB>n1<TAB>Name2<TAB>n2      different people
 
 The official file lists each fold as a block of same-person pairs followed by a
-block of different-person pairs; a file filtered from it keeps that order, so
+block of different-person pairs. A file filtered from it keeps that order, so
 :func:`split_folds` recovers the folds from the block boundaries.
 """
 
@@ -133,7 +133,7 @@ def k_fold_accuracy(scores: np.ndarray, same: np.ndarray, folds: Sequence[np.nda
 
     Args:
         scores: (P,) cosine similarity of each pair; NaN for a pair that could not be
-            scored (no face found), which counts as a wrong answer.
+            scored (no face found), which counts as an error.
         same: (P,) bool, True for same-person pairs.
         folds: index arrays that partition the pairs.
     """
@@ -182,7 +182,7 @@ def evaluate_pairs(
     """Embed the main face of every image in ``pairs`` and score them by k-fold accuracy.
 
     A pair with an image where no face is found, or that cannot be decoded,
-    counts as a wrong answer, as in the standard protocol.
+    counts as an error, as in the standard protocol.
     """
     from tqdm import tqdm
 
