@@ -9,9 +9,12 @@ one is accepted only when its score reaches the threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from core.storage.records import ANY_CHAT, NO_OWNER, SYNTHETIC, TemplateMatrix, visible_in_chat
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class Candidate:
 class TemplateIndex:
     """Exact cosine search over templates, grouped by person.
 
+    Each template carries its kind (original photo or synthetic mask) and the chat
+    scope it was enrolled with, so one index serves every chat and matching rule.
+
     Args:
         dim: descriptor length; every added vector must have it.
     """
@@ -49,6 +55,9 @@ class TemplateIndex:
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._person_ids = np.zeros(0, dtype=np.int64)
         self._template_ids = np.zeros(0, dtype=np.int64)
+        self._synthetic = np.zeros(0, dtype=bool)
+        self._chat_ids = np.zeros(0, dtype=np.int64)
+        self._owner_ids = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._template_ids)
@@ -57,20 +66,57 @@ class TemplateIndex:
     def person_count(self) -> int:
         return len(np.unique(self._person_ids))
 
-    def add(self, template_ids: np.ndarray, person_ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Append templates. ``vectors`` is (N, dim) float32 with unit-length rows."""
+    def add(
+        self,
+        template_ids: np.ndarray | Sequence[int],
+        person_ids: np.ndarray | Sequence[int],
+        vectors: np.ndarray | Sequence[np.ndarray],
+        *,
+        synthetic: np.ndarray | Sequence[bool] | None = None,
+        chat_ids: np.ndarray | Sequence[int] | None = None,
+        owner_ids: np.ndarray | Sequence[int] | None = None,
+    ) -> None:
+        """Append templates. ``vectors`` is (N, dim) float32 with unit-length rows.
+
+        Args:
+            synthetic: per template, True for a synthetic-mask copy; all False when None.
+            chat_ids: per template, the chat it was enrolled in, ``ANY_CHAT`` (0) for every chat.
+            owner_ids: per template, the enrolling user, ``NO_OWNER`` (0) for none.
+        """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected (N, {self.dim}) vectors, got shape {vectors.shape}")
-        if not len(template_ids) == len(person_ids) == len(vectors):
-            raise ValueError(
-                f"template_ids, person_ids and vectors differ in length: "
-                f"{len(template_ids)}, {len(person_ids)}, {len(vectors)}"
-            )
+        count = len(vectors)
+        columns = {
+            "template_ids": np.asarray(template_ids, dtype=np.int64),
+            "person_ids": np.asarray(person_ids, dtype=np.int64),
+            "synthetic": np.zeros(count, dtype=bool) if synthetic is None else np.asarray(synthetic, dtype=bool),
+            "chat_ids": np.full(count, ANY_CHAT, dtype=np.int64) if chat_ids is None else np.asarray(chat_ids),
+            "owner_ids": np.full(count, NO_OWNER, dtype=np.int64) if owner_ids is None else np.asarray(owner_ids),
+        }
+        lengths = {name: len(column) for name, column in columns.items()}
+        if any(length != count for length in lengths.values()):
+            raise ValueError(f"every column needs one value per vector ({count}), got lengths {lengths}")
+
         self._vectors = np.concatenate([self._vectors, vectors])
-        self._person_ids = np.concatenate([self._person_ids, np.asarray(person_ids, dtype=np.int64)])
-        self._template_ids = np.concatenate([self._template_ids, np.asarray(template_ids, dtype=np.int64)])
-        logger.debug("index: added %d templates, %d in total", len(vectors), len(self))
+        self._person_ids = np.concatenate([self._person_ids, columns["person_ids"]])
+        self._template_ids = np.concatenate([self._template_ids, columns["template_ids"]])
+        self._synthetic = np.concatenate([self._synthetic, columns["synthetic"]])
+        self._chat_ids = np.concatenate([self._chat_ids, columns["chat_ids"].astype(np.int64)])
+        self._owner_ids = np.concatenate([self._owner_ids, columns["owner_ids"].astype(np.int64)])
+        logger.debug("index: added %d templates, %d in total", count, len(self))
+
+    def add_matrix(self, matrix: TemplateMatrix) -> None:
+        """Append every template of a matrix loaded from the gallery store."""
+        if len(matrix):
+            self.add(
+                matrix.template_ids,
+                matrix.person_ids,
+                matrix.vectors,
+                synthetic=matrix.kinds == SYNTHETIC,
+                chat_ids=matrix.chat_ids,
+                owner_ids=matrix.owner_ids,
+            )
 
     def remove_person(self, person_id: int) -> int:
         """Drop every template of ``person_id``; returns how many were dropped."""
@@ -80,31 +126,50 @@ class TemplateIndex:
             self._vectors = self._vectors[keep]
             self._person_ids = self._person_ids[keep]
             self._template_ids = self._template_ids[keep]
+            self._synthetic = self._synthetic[keep]
+            self._chat_ids = self._chat_ids[keep]
+            self._owner_ids = self._owner_ids[keep]
             logger.debug("index: removed %d templates of person %d", removed, person_id)
         return removed
 
-    def search(self, probe: np.ndarray, k: int = 3) -> list[Candidate]:
+    def search(
+        self, probe: np.ndarray, k: int = 3, *, chat_id: int | None = None, synthetic: bool = False
+    ) -> list[Candidate]:
         """Return up to ``k`` distinct people, best first, each scored by their closest template.
 
         Args:
             probe: (dim,) float32 unit-length descriptor.
             k: number of people to return (at least 1).
+            chat_id: the chat the query comes from; only templates visible there are
+                searched (see :func:`core.storage.records.visible_in_chat`). None searches all.
+            synthetic: search the synthetic-mask templates instead of the original ones.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         probe = np.asarray(probe, dtype=np.float32)
         if probe.shape != (self.dim,):
             raise ValueError(f"expected a ({self.dim},) probe, got shape {probe.shape}")
-        if len(self) == 0:
-            return []
 
-        scores = self._vectors @ probe
-        candidates = self._top_people(scores, k, min(len(scores), k * _SCAN_FACTOR))
+        rows = self._rows(chat_id, synthetic)
+        if len(self) == 0 or (rows is not None and len(rows) == 0):
+            return []
+        vectors = self._vectors if rows is None else self._vectors[rows]
+        scores = vectors @ probe
+        candidates = self._top_people(scores, rows, k, min(len(scores), k * _SCAN_FACTOR))
         if len(candidates) < k and len(scores) > k * _SCAN_FACTOR:
-            candidates = self._top_people(scores, k, len(scores))
+            candidates = self._top_people(scores, rows, k, len(scores))
         return candidates
 
-    def _top_people(self, scores: np.ndarray, k: int, scan: int) -> list[Candidate]:
+    def _rows(self, chat_id: int | None, synthetic: bool) -> np.ndarray | None:
+        """Return the rows a search may use, or None for all of them."""
+        selected = self._synthetic == synthetic
+        if chat_id is not None:
+            selected &= visible_in_chat(chat_id, self._chat_ids, self._owner_ids)
+        if selected.all():
+            return None
+        return np.flatnonzero(selected)
+
+    def _top_people(self, scores: np.ndarray, rows: np.ndarray | None, k: int, scan: int) -> list[Candidate]:
         # The best template of each of the top k people is among the top `scan`
         # templates whenever those contain k distinct people, so this is exact.
         if scan < len(scores):
@@ -115,12 +180,13 @@ class TemplateIndex:
 
         candidates: list[Candidate] = []
         seen: set[int] = set()
-        for row in top:
+        for position in top:
+            row = position if rows is None else rows[position]
             person_id = int(self._person_ids[row])
             if person_id in seen:
                 continue
             seen.add(person_id)
-            candidates.append(Candidate(person_id, float(scores[row]), int(self._template_ids[row])))
+            candidates.append(Candidate(person_id, float(scores[position]), int(self._template_ids[row])))
             if len(candidates) == k:
                 break
         return candidates

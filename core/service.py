@@ -21,7 +21,16 @@ from core.images import DecodedImage
 from core.matching import Candidate, TemplateIndex, is_match
 from core.pipeline import Face, FacePipeline, main_face
 from core.settings import Settings
-from core.storage import GalleryStore, ImageRecord, NewTemplate, Person, RemovedPerson, SqliteGalleryStore
+from core.storage import (
+    ANY_CHAT,
+    NO_OWNER,
+    GalleryStore,
+    ImageRecord,
+    NewTemplate,
+    Person,
+    RemovedPerson,
+    SqliteGalleryStore,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +54,16 @@ class Identification:
         candidates: best-scoring people, best first (up to the requested top k).
         match: the best candidate when its score reaches ``threshold``, else None ("unknown").
         threshold: the cosine similarity a match needs.
+        masked: whether the probe face wears a mask, as the mask detector decided.
+        mask_probability: the mask detector's probability that it does, None without a detector.
     """
 
     face: Face
     candidates: tuple[RankedPerson, ...]
     match: RankedPerson | None
     threshold: float
+    masked: bool = False
+    mask_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +144,7 @@ class FaceService:
         """Open the store and load this model's templates into the index."""
         await self.store.open()
         templates = await self.store.load_templates(self.model_id)
-        if len(templates):
-            self.index.add(templates.template_ids, templates.person_ids, templates.vectors)
+        self.index.add_matrix(templates)
         logger.info("gallery %s: %d templates of model %s loaded", self.store, len(templates), self.model_id)
 
     async def close(self) -> None:
@@ -191,7 +203,13 @@ class FaceService:
             owner_id=owner_id,
             chat_id=chat_id,
         )
-        self.index.add(enrollment.template_ids, [enrollment.person_id] * len(enrollment.template_ids), [face.embedding])
+        self.index.add(
+            enrollment.template_ids,
+            [enrollment.person_id] * len(enrollment.template_ids),
+            [face.embedding],
+            chat_ids=[chat_id or ANY_CHAT],
+            owner_ids=[owner_id or NO_OWNER],
+        )
         logger.info("enrolled image %s as person %d (%d templates)", image.sha256[:12], enrollment.person_id, 1)
         return EnrollResult(
             person_id=enrollment.person_id,
@@ -201,15 +219,21 @@ class FaceService:
             created_person=enrollment.created_person,
         )
 
-    async def identify(self, image: DecodedImage, *, top_k: int = 3) -> list[Identification]:
-        """Rank gallery people for every face in ``image``; an empty list means no face was found."""
-        faces = await self.analyze(image)
-        return [await self.identify_face(face, top_k=top_k) for face in faces]
+    async def identify(
+        self, image: DecodedImage, *, top_k: int = 3, chat_id: int | None = None
+    ) -> list[Identification]:
+        """Rank gallery people for every face in ``image``; an empty list means no face was found.
 
-    async def identify_face(self, face: Face, *, top_k: int = 3) -> Identification:
-        """Rank gallery people for one analysed face."""
-        # TODO: filter by chat scope once the bot enrolls users with a chat id.
-        candidates = self.index.search(face.embedding, k=top_k)
+        Args:
+            chat_id: the chat asking; only people visible there are returned (see
+                :func:`core.storage.records.visible_in_chat`). None, for the command line, sees everyone.
+        """
+        faces = await self.analyze(image)
+        return [await self.identify_face(face, top_k=top_k, chat_id=chat_id) for face in faces]
+
+    async def identify_face(self, face: Face, *, top_k: int = 3, chat_id: int | None = None) -> Identification:
+        """Rank gallery people for one analysed face, as seen from ``chat_id`` (None sees everyone)."""
+        candidates = self.index.search(face.embedding, k=top_k, chat_id=chat_id)
         ranked = tuple(await self._rank(candidates))
         best = ranked[0] if ranked else None
         match = best if best is not None and is_match(candidates[0], self.threshold) else None

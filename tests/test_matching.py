@@ -160,8 +160,8 @@ def test_index_rejects_nonpositive_dim() -> None:
     [
         ([1, 2], [1, 1], np.zeros((2, DIM + 1)), rf"expected \(N, {DIM}\) vectors, got shape \(2, {DIM + 1}\)"),
         ([1], [1], np.zeros(DIM), rf"expected \(N, {DIM}\) vectors, got shape \({DIM},\)"),
-        ([1, 2, 3], [1, 1], np.zeros((2, DIM)), "differ in length: 3, 2, 2"),
-        ([1, 2], [1, 1], np.zeros((3, DIM)), "differ in length: 2, 2, 3"),
+        ([1, 2, 3], [1, 1], np.zeros((2, DIM)), r"one value per vector \(2\), got lengths \{'template_ids': 3"),
+        ([1, 2], [1, 1], np.zeros((3, DIM)), r"one value per vector \(3\), got lengths \{'template_ids': 2"),
     ],
     ids=["wrong-dim", "one-dimensional", "extra-template-id", "extra-vector"],
 )
@@ -206,3 +206,32 @@ def test_is_match_threshold_boundary(score: float, threshold: float, expected: b
 
 def test_is_match_without_candidate() -> None:
     assert is_match(None, -1.0) is False
+
+
+def test_search_sees_only_templates_visible_in_the_chat() -> None:
+    rng = np.random.default_rng(11)
+    vectors = unit_rows(rng, 4)
+    index = TemplateIndex(DIM)
+    # Person 1 is a dataset entry, 2 enrolled in group -100, 3 enrolled by user 42 in group -200.
+    index.add([1, 2, 3, 4], [1, 2, 3, 3], vectors, chat_ids=[0, -100, -200, -200], owner_ids=[0, 7, 42, 42])
+
+    def people(chat_id: int | None) -> set[int]:
+        return {candidate.person_id for candidate in index.search(vectors[0], k=5, chat_id=chat_id)}
+
+    assert people(None) == {1, 2, 3}
+    assert people(-100) == {1, 2}
+    assert people(-200) == {1, 3}
+    assert people(42) == {1, 3}  # the owner's private chat
+    assert people(-300) == {1}
+
+
+def test_search_keeps_synthetic_templates_apart() -> None:
+    rng = np.random.default_rng(12)
+    vectors = unit_rows(rng, 3)
+    index = TemplateIndex(DIM)
+    index.add([1, 2, 3], [1, 1, 2], vectors, synthetic=[False, True, True])
+
+    assert [(c.person_id, c.template_id) for c in index.search(vectors[1], k=5)] == [(1, 1)]
+    synthetic = index.search(vectors[1], k=5, synthetic=True)
+    assert [c.template_id for c in synthetic] == [2, 3]
+    assert synthetic[0].score == pytest.approx(1.0)

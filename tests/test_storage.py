@@ -442,6 +442,7 @@ def test_template_matrix_rejects_mismatched_rows() -> None:
             vectors=np.zeros((1, DIM), dtype=np.float32),
             kinds=np.array(["original"]),
             chat_ids=np.zeros(1, dtype=np.int64),
+            owner_ids=np.zeros(1, dtype=np.int64),
         )
 
 

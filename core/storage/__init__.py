@@ -11,6 +11,7 @@ from core.storage.base import GalleryStore
 from core.storage.records import (
     ANY_CHAT,
     KINDS,
+    NO_OWNER,
     ORIGINAL,
     SOURCES,
     SYNTHETIC,
@@ -31,6 +32,7 @@ __all__ = [
     "ANY_CHAT",
     "DEFAULT_BUSY_TIMEOUT_S",
     "KINDS",
+    "NO_OWNER",
     "ORIGINAL",
     "SCHEMA_VERSION",
     "SOURCES",

@@ -28,6 +28,8 @@ KINDS: Final[tuple[str, ...]] = (ORIGINAL, SYNTHETIC)
 # Value in TemplateMatrix.chat_ids for a template visible in every chat (NULL in the database).
 # Telegram never assigns chat id 0, so enroll rejects chat_id=0.
 ANY_CHAT: Final = 0
+# Value in TemplateMatrix.owner_ids for a template without an owner (NULL in the database).
+NO_OWNER: Final = 0
 
 MAX_NAME_LENGTH: Final = 200
 
@@ -118,6 +120,7 @@ class TemplateMatrix:
             has no template of the requested model at all.
         kinds: Unicode array of shape ``(N,)`` with ``"original"`` or ``"synthetic"``.
         chat_ids: ``int64`` array of shape ``(N,)``; :data:`ANY_CHAT` marks a template visible in every chat.
+        owner_ids: ``int64`` array of shape ``(N,)``, the enrolling user's id, :data:`NO_OWNER` when none.
     """
 
     template_ids: np.ndarray
@@ -125,13 +128,14 @@ class TemplateMatrix:
     vectors: np.ndarray
     kinds: np.ndarray
     chat_ids: np.ndarray
+    owner_ids: np.ndarray
 
     def __post_init__(self) -> None:
         count = len(self.template_ids)
         if self.vectors.ndim != 2 or self.vectors.dtype != np.float32:
             raise ValueError(f"vectors must be a float32 (N, D) array, got {self.vectors.dtype} {self.vectors.shape}")
 
-        for name in ("template_ids", "person_ids", "vectors", "kinds", "chat_ids"):
+        for name in ("template_ids", "person_ids", "vectors", "kinds", "chat_ids", "owner_ids"):
             array = getattr(self, name)
             if len(array) != count:
                 raise ValueError(f"{name} has {len(array)} rows, expected {count} like template_ids")
@@ -146,6 +150,7 @@ class TemplateMatrix:
             vectors=np.empty((0, dim), dtype=np.float32),
             kinds=np.empty(0, dtype=f"<U{max(map(len, KINDS))}"),
             chat_ids=np.empty(0, dtype=np.int64),
+            owner_ids=np.empty(0, dtype=np.int64),
         )
 
     def __len__(self) -> int:
@@ -157,8 +162,21 @@ class TemplateMatrix:
         return self.vectors.shape[1]
 
     def visible_in(self, chat_id: int) -> np.ndarray:
-        """Return a boolean mask of shape ``(N,)`` of templates enrolled in ``chat_id`` or visible in every chat."""
-        return (self.chat_ids == ANY_CHAT) | (self.chat_ids == chat_id)
+        """Return a boolean mask of shape ``(N,)`` of the templates a query from ``chat_id`` may see.
+
+        See :func:`visible_in_chat` for the rule.
+        """
+        return visible_in_chat(chat_id, self.chat_ids, self.owner_ids)
+
+
+def visible_in_chat(chat_id: int, chat_ids: np.ndarray, owner_ids: np.ndarray) -> np.ndarray:
+    """Return which templates a query from ``chat_id`` may see, as a boolean array.
+
+    A template is visible when it is visible in every chat (:data:`ANY_CHAT`), when it was
+    enrolled in ``chat_id``, or when ``chat_id`` is its owner's private chat: Telegram gives
+    a private chat the id of the user, while group chat ids are negative.
+    """
+    return (chat_ids == ANY_CHAT) | (chat_ids == chat_id) | (owner_ids == chat_id)
 
 
 def validate_person(name: str, source: str, owner_id: int | None) -> None:

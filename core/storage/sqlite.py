@@ -35,6 +35,7 @@ from core.storage import schema
 from core.storage.records import (
     ANY_CHAT,
     KINDS,
+    NO_OWNER,
     ORIGINAL,
     SYNTHETIC,
     Enrollment,
@@ -70,7 +71,8 @@ _KIND_DTYPE: Final = f"<U{max(map(len, KINDS))}"
 
 _PERSON_COLUMNS: Final = "people.id, people.name, people.source, people.owner_id, people.created_at, people.updated_at"
 _TEMPLATE_COLUMNS: Final = (
-    "templates.id, templates.person_id, templates.kind, templates.chat_id, templates.dim, templates.embedding"
+    "templates.id, templates.person_id, templates.kind, templates.chat_id, templates.dim, templates.embedding,"
+    " templates.owner_id"
 )
 
 _PATH_HINT: Final = f"set {env_name('db_path')} to another file (the default is ./{DEFAULT_DB_PATH})"
@@ -614,6 +616,7 @@ class SqliteGalleryStore:
             vectors=vectors,
             kinds=np.array([row[2] for row in rows], dtype=_KIND_DTYPE),
             chat_ids=np.array([ANY_CHAT if row[3] is None else row[3] for row in rows], dtype=np.int64),
+            owner_ids=np.array([NO_OWNER if row[6] is None else row[6] for row in rows], dtype=np.int64),
         )
 
 
