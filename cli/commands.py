@@ -160,7 +160,14 @@ def describe(identification: Identification) -> str:
     else:
         head = "unknown (the gallery is empty)"
     others = ", ".join(f"{item.person.name} {item.score:.3f}" for item in identification.candidates[1:])
-    return f"{head} box=({box})" + (f"; next: {others}" if others else "")
+    return f"{head} box=({box}){mask_note(identification)}" + (f"; next: {others}" if others else "")
+
+
+def mask_note(identification: Identification) -> str:
+    """Return ``" mask=yes (0.97)"``, or an empty string when no mask detector ran."""
+    if identification.mask_probability is None:
+        return ""
+    return f" mask={'yes' if identification.masked else 'no'} ({identification.mask_probability:.2f})"
 
 
 def identification_json(identification: Identification) -> dict[str, Any]:
@@ -170,6 +177,10 @@ def identification_json(identification: Identification) -> dict[str, Any]:
         "name": identification.match.person.name if identification.match else None,
         "similarity": round(identification.match.score, 4) if identification.match else None,
         "threshold": identification.threshold,
+        "masked": identification.masked,
+        "mask_probability": (
+            round(identification.mask_probability, 4) if identification.mask_probability is not None else None
+        ),
         "candidates": [
             {"name": item.person.name, "person_id": item.person.id, "similarity": round(item.score, 4)}
             for item in identification.candidates
@@ -180,7 +191,7 @@ def identification_json(identification: Identification) -> dict[str, Any]:
 async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
     first, second = load_images([args.first, args.second], settings)
     pipeline = FacePipeline.from_settings(settings)
-    verification = verify_images(pipeline, first, second, settings.match_threshold)
+    verification = verify_images(pipeline, first, second, settings.verify_threshold)
     verdict = "same person" if verification.same else "different people"
     lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"]
     for image, box, count in zip((first, second), verification.boxes, verification.faces_found, strict=True):

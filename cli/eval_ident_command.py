@@ -15,12 +15,12 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cli.commands import CommandResult
-from core.errors import DatasetError
+from core.errors import DatasetError, ModelError
 from core.evaluation.identification import (
     DEFAULT_GALLERY_SIZE,
     DEFAULT_TARGET_FPIRS,
@@ -28,6 +28,7 @@ from core.evaluation.identification import (
     EmbeddingCache,
     IdentificationEvaluation,
     IdentificationProtocol,
+    MaskAwareMatcher,
     Matcher,
     MatedProbe,
     MatedResult,
@@ -44,6 +45,8 @@ from core.evaluation.identification import (
     standard_protocol,
 )
 from core.evaluation.plots import plot_cmc, plot_det
+from core.evaluation.reference import REFERENCE_MARGIN, ReferencePipeline
+from core.mask_detection import MaskClassifier, shipped_classifier
 from core.pipeline import FacePipeline
 from core.settings import Settings
 
@@ -52,8 +55,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUT_DIR = Path("eval-ident")
 CACHE_FILE_NAME = "embeddings.sqlite3"
 
-# Matchers selectable with --matcher, by name.
-MATCHERS: dict[str, Callable[[], Matcher]] = {"plain": PlainMatcher}
+MATCHER_NAMES = ("mask-aware", "plain")
 
 # Value of --standard when it is given without a folder: use the datasets_dir setting.
 _DATASETS_FROM_SETTINGS = Path("<MASKID_DATASETS>")
@@ -145,7 +147,42 @@ def add_eval_ident_parser(eval_subcommands: argparse._SubParsersAction) -> argpa
     )
 
     parser.add_argument(
-        "--matcher", choices=sorted(MATCHERS), default="plain", help="matching strategy (default: plain)"
+        "--matcher",
+        choices=MATCHER_NAMES,
+        default="mask-aware",
+        help="'mask-aware' (default) matches as identify does: the mask detector routes each probe, masked "
+        "probes also use synthetic-mask templates of the gallery; 'plain' compares every probe with the "
+        "gallery photos' own templates",
+    )
+
+    parser.add_argument(
+        "--synthetic-masks",
+        type=int,
+        metavar="N",
+        help="synthetic-mask templates per gallery photo for the mask-aware matcher (default: MASKID_SYNTHETIC_MASKS)",
+    )
+
+    parser.add_argument(
+        "--mask-classifier",
+        type=Path,
+        metavar="FILE",
+        help="mask classifier for the mask-aware matcher (default: the one maskid ships)",
+    )
+
+    parser.add_argument(
+        "--pipeline",
+        choices=("maskid", "reference"),
+        default="maskid",
+        help="maskid's pipeline (default), or 'reference': the plain facenet-pytorch recipe (MTCNN's largest "
+        "face, no retry, no mirror averaging) with the same weights, to compare against",
+    )
+
+    parser.add_argument(
+        "--reference-margin",
+        type=int,
+        default=REFERENCE_MARGIN,
+        metavar="PIXELS",
+        help=f"margin of the reference recipe's crop, in facenet-pytorch's convention (default: {REFERENCE_MARGIN})",
     )
 
     parser.add_argument(
@@ -173,8 +210,11 @@ def add_eval_ident_parser(eval_subcommands: argparse._SubParsersAction) -> argpa
 async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandResult:
     """Run the identification benchmark, write the plots and summarise each probe set."""
     protocol = build_protocol(args, settings)
-    pipeline = FacePipeline.from_settings(settings)
-    matcher = MATCHERS[args.matcher]()
+    if args.pipeline == "reference":
+        pipeline = ReferencePipeline(settings, margin=args.reference_margin)
+    else:
+        pipeline = FacePipeline.from_settings(settings)
+    matcher = build_matcher(args, settings, pipeline.model_id)
     cache_dir = args.cache_dir if args.cache_dir is not None else settings.cache_dir / "eval"
     cache = None if args.no_cache else EmbeddingCache(cache_dir / CACHE_FILE_NAME)
 
@@ -197,6 +237,24 @@ async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandRes
     plots = write_plots(evaluation, args.out)
 
     return CommandResult(format_text(evaluation, seconds, plots), evaluation_json(evaluation, seconds, plots))
+
+
+def build_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
+    """Return the matcher that ``--matcher`` names.
+
+    Raises:
+        ModelError: the mask-aware matcher has no mask classifier for ``model_id``.
+    """
+    if args.matcher == "plain":
+        return PlainMatcher()
+    classifier = MaskClassifier.load(args.mask_classifier) if args.mask_classifier else shipped_classifier(model_id)
+    if classifier is None or classifier.model_id != model_id:
+        raise ModelError(
+            f"no mask classifier for {model_id}: train one with `maskid train mask-detector --out FILE` and pass "
+            "--mask-classifier FILE, or use --matcher plain"
+        )
+    count = settings.synthetic_masks if args.synthetic_masks is None else args.synthetic_masks
+    return MaskAwareMatcher(classifier, synthetic_masks=count)
 
 
 def build_protocol(args: argparse.Namespace, settings: Settings) -> IdentificationProtocol:
@@ -284,6 +342,10 @@ def _probe_set_lines(result: ProbeSetResult) -> list[str]:
     ]
     if result.non_mated:
         lines.append(f"  faces found (non-mated)  {_faces_found(result.non_mated)}")
+    if any(item.masked is not None for item in result.mated):
+        lines.append(f"  called masked (mated)    {_called_masked(result.mated)}")
+        if result.non_mated:
+            lines.append(f"  called masked (non-mated) {_called_masked(result.non_mated)}")
     lines.append(f"  rank-1                   {result.rank1:.3f}")
     lines.append(f"  rank-5                   {result.rank5:.3f}")
     for point in result.operating_points:
@@ -299,6 +361,13 @@ def _faces_found(results: Sequence[MatedResult] | Sequence[NonMatedResult]) -> s
     found = sum(methods.values())
     by_method = ", ".join(f"{count} {method}" for method, count in methods.items())
     return f"{found}/{len(results)} ({found / len(results):.1%}{'; ' + by_method if by_method else ''})"
+
+
+def _called_masked(results: Sequence[MatedResult] | Sequence[NonMatedResult]) -> str:
+    """Describe how many probes with a face the mask detector called masked, e.g. "300/303 (99.0%)"."""
+    decided = [result.masked for result in results if result.masked is not None]
+    share = sum(decided) / len(decided) if decided else math.nan
+    return f"{sum(decided)}/{len(decided)} ({share:.1%})"
 
 
 def _detection_methods(results: Sequence[MatedResult] | Sequence[NonMatedResult]) -> dict[str, int]:
@@ -375,6 +444,7 @@ def _probe_set_json(result: ProbeSetResult) -> dict[str, Any]:
                 "top_label": item.top_label,
                 "top_score": _number(item.top_score),
                 "detection_method": item.detection_method,
+                "masked": item.masked,
             }
             for item in result.mated
         ],
@@ -384,6 +454,7 @@ def _probe_set_json(result: ProbeSetResult) -> dict[str, Any]:
                 "top_label": item.top_label,
                 "top_score": _number(item.top_score),
                 "detection_method": item.detection_method,
+                "masked": item.masked,
             }
             for item in result.non_mated
         ],

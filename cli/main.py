@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import commands, eval_ident_command, mask_command
+from cli import calibrate_command, commands, eval_ident_command, mask_command, train_command
 from core.errors import ConfigurationError, MaskidError
 from core.settings import Settings
 
@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", type=Path, help="gallery database file (default: MASKID_DB or ./maskid.sqlite3)")
     parser.add_argument("--device", help="compute device: cpu or cuda[:N] (default: MASKID_DEVICE or cpu)")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads; 0 keeps its default (MASKID_TORCH_THREADS)")
-    parser.add_argument("--threshold", type=float, help="cosine similarity a match needs (MASKID_MATCH_THRESHOLD)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="score an unmasked face's best candidate needs (default: MASKID_MATCH_THRESHOLD, else calibrated)",
+    )
+    parser.add_argument(
+        "--masked-threshold",
+        type=float,
+        help="score a masked face's best candidate needs (default: MASKID_MASKED_MATCH_THRESHOLD, else calibrated)",
+    )
     parser.add_argument("--env-file", type=Path, help="settings file to read (default: .env when it exists)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     lfw.add_argument("--json", action="store_true", help="print the result as JSON")
     lfw.set_defaults(handler=commands.eval_lfw_pairs)
     eval_ident_command.add_eval_ident_parser(evaluate)
+
+    calibrate_command.add_calibrate_parser(subcommands)
+    train_command.add_train_parser(subcommands)
+
     return parser
 
 
@@ -128,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             torch_threads=args.threads,
             match_threshold=args.threshold,
+            masked_match_threshold=args.masked_threshold,
         )
         result = asyncio.run(args.handler(args, settings))
     except MaskidError as exc:

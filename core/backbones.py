@@ -22,6 +22,10 @@ class Backbone(Protocol):
     model_id: str
     input_size: int  # side of the square RGB crop it expects, in pixels
     embedding_dim: int
+    # The module (a dotted name for ``get_submodule``) whose output is the spatially
+    # pooled trunk feature vector, and that vector's length.
+    feature_layer: str
+    feature_dim: int
 
     def load(self, device: torch.device) -> torch.nn.Module:
         """Build the network on ``device`` in eval mode; called once, lazily."""
@@ -43,6 +47,8 @@ class FaceNetCasia:
     model_id = "facenet-casia-20180408"
     input_size = 160
     embedding_dim = 512
+    feature_layer = "avgpool_1a"
+    feature_dim = 1792
 
     def __init__(self, *, graph_path: Path | None, cache_dir: Path) -> None:
         self.graph_path = graph_path

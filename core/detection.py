@@ -33,8 +33,15 @@ RETRY_PADDING = 0.3
 # A photo with no detectable face is taken as a tight face crop when its
 # height / width ratio lies in this range (portrait crops are about 1.3).
 CROP_ASPECT_RANGE = (0.8, 2.0)
-# O-Net's face probability a whole photo needs to be taken as a face crop.
+# O-Net's face probability a whole photo needs to be taken as a face crop ...
 WHOLE_IMAGE_MIN_PROBABILITY = 0.5
+# ... unless it is small enough to be a crop (longer side in pixels, see FaceDetector)
+# and not flat: O-Net scores many masked faces low, so shape and size decide for those.
+DEFAULT_CROP_MAX_SIDE = 800
+CROP_MIN_CONTRAST = 12.0  # standard deviation of the grey levels
+# Where the five landmarks of a tight, frontal face crop usually sit, as fractions of
+# its width and height; used when O-Net's own landmarks are not trustworthy.
+CROP_LANDMARKS = np.array([[0.32, 0.42], [0.68, 0.42], [0.5, 0.6], [0.36, 0.76], [0.64, 0.76]], dtype=np.float32)
 ONET_INPUT_SIZE = 48
 
 DetectionMethod = Literal["mtcnn", "retry", "whole-image"]
@@ -83,7 +90,10 @@ class FaceDetector:
         retry: when nothing is found, search again on an upscaled, padded copy with
             looser thresholds (finds masked faces and tight crops).
         whole_image_fallback: when the retry finds nothing either and the photo has a
-            portrait-crop shape, let O-Net score the whole photo as one face (method ``"whole-image"``).
+            portrait-crop shape, take the whole photo as one face (method ``"whole-image"``)
+            if MTCNN's O-Net accepts it or if it is a small, non-flat photo.
+        crop_max_side: the longest side, in pixels, of a photo taken as a face crop
+            without O-Net's approval.
     """
 
     def __init__(
@@ -95,6 +105,7 @@ class FaceDetector:
         stage_thresholds: tuple[float, float, float] = DEFAULT_STAGE_THRESHOLDS,
         retry: bool = True,
         whole_image_fallback: bool = True,
+        crop_max_side: int = DEFAULT_CROP_MAX_SIDE,
     ) -> None:
         if min_face_size < 1:
             raise ValueError(f"min_face_size must be at least 1 pixel, got {min_face_size}")
@@ -106,6 +117,7 @@ class FaceDetector:
         self.stage_thresholds = stage_thresholds
         self.retry = retry
         self.whole_image_fallback = whole_image_fallback
+        self.crop_max_side = crop_max_side
         self._networks: dict[tuple[float, float, float], torch.nn.Module] = {}
         self._lock = threading.Lock()
 
@@ -159,7 +171,7 @@ class FaceDetector:
             if not faces and self.retry:
                 results[index] = self._detect_again(images[index])
             if not results[index] and self.whole_image_fallback:
-                results[index] = _whole_image_face(self._network().onet, images[index])
+                results[index] = _whole_image_face(self._network().onet, images[index], self.crop_max_side)
         return results
 
     def _detect_again(self, pixels: np.ndarray) -> list[DetectedFace]:
@@ -207,12 +219,14 @@ def _map_back(face: DetectedFace, pad: int, scale: float) -> DetectedFace:
     return DetectedFace(box=box, probability=face.probability, landmarks=landmarks, method="retry")
 
 
-def _whole_image_face(onet: torch.nn.Module, pixels: np.ndarray) -> list[DetectedFace]:
-    """Score a portrait-shaped photo as one tight face crop with MTCNN's O-Net.
+def _whole_image_face(onet: torch.nn.Module, pixels: np.ndarray, crop_max_side: int) -> list[DetectedFace]:
+    """Take a portrait-shaped photo as one tight face crop when O-Net accepts it or it looks like a crop.
 
     O-Net is MTCNN's last stage: it takes a 48x48 candidate and returns a face
     probability and five landmarks. Feeding it the whole photo accepts tight crops
-    that the image pyramid misses, while a photo that is not a face scores near 0.
+    that the image pyramid misses. Masked crops often score low, so a photo no
+    longer than ``crop_max_side`` that is not flat is accepted too, with typical
+    crop landmarks in place of O-Net's.
     """
     height, width = pixels.shape[:2]
     low, high = CROP_ASPECT_RANGE
@@ -224,12 +238,14 @@ def _whole_image_face(onet: torch.nn.Module, pixels: np.ndarray) -> list[Detecte
     with torch.inference_mode():
         _, points, probabilities = onet(batch.to(next(onet.parameters()).device))
     probability = float(probabilities[0, 1])
-    if probability < WHOLE_IMAGE_MIN_PROBABILITY:
+    if probability >= WHOLE_IMAGE_MIN_PROBABILITY:
+        # O-Net gives landmark x in columns 0-4 and y in 5-9, as fractions of the candidate box.
+        points = points[0].cpu().numpy()
+        landmarks = np.stack([points[:5] * width, points[5:] * height], axis=1).astype(np.float32)
+    elif max(height, width) <= crop_max_side and pixels.mean(axis=2).std() >= CROP_MIN_CONTRAST:
+        landmarks = CROP_LANDMARKS * np.array([width, height], dtype=np.float32)
+    else:
         return []
-
-    # O-Net gives landmark x in columns 0-4 and y in 5-9, as fractions of the candidate box.
-    points = points[0].cpu().numpy()
-    landmarks = np.stack([points[:5] * width, points[5:] * height], axis=1).astype(np.float32)
     box = (0.0, 0.0, float(width), float(height))
     return [DetectedFace(box=box, probability=probability, landmarks=landmarks, method="whole-image")]
 

@@ -44,6 +44,7 @@ class Embedder:
         self.torch_threads = torch_threads
         self._network: torch.nn.Module | None = None
         self._lock = threading.Lock()
+        self._captured = threading.local()
 
     @property
     def model_id(self) -> str:
@@ -61,8 +62,14 @@ class Embedder:
                 if self.torch_threads:
                     torch.set_num_threads(self.torch_threads)
                 logger.info("loading %s on %s", self.backbone.model_id, device)
-                self._network = self.backbone.load(device)
+                network = self.backbone.load(device)
+                # Each worker thread reads the pooled features of its own forward pass.
+                network.get_submodule(self.backbone.feature_layer).register_forward_hook(self._capture)
+                self._network = network
             return self._network
+
+    def _capture(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self._captured.output = output
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Embed (N, S, S, 3) uint8 RGB crops.
@@ -70,23 +77,40 @@ class Embedder:
         Returns:
             (N, D) float32 array of unit-length rows; (0, D) for an empty input.
         """
+        return self.embed_with_features(crops)[0]
+
+    def embed_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embed (N, S, S, 3) uint8 RGB crops and return the trunk's pooled features too.
+
+        The pooled features are the backbone's last feature map averaged over space,
+        the layer before its embedding projection (see
+        :attr:`core.backbones.Backbone.feature_layer`). They describe what the face
+        looks like, not only who it is, which suits attribute classifiers such as mask
+        detection. With ``flip`` they are averaged over both orientations.
+
+        Returns:
+            (N, D) float32 unit-length descriptors and (N, F) float32 pooled features.
+        """
         size = self.backbone.input_size
         if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
             raise ValueError(
                 f"expected (N, {size}, {size}, 3) uint8 crops, got shape {crops.shape} dtype {crops.dtype}"
             )
         if len(crops) == 0:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            empty = np.zeros((0, self.embedding_dim), dtype=np.float32)
+            return empty, np.zeros((0, self.backbone.feature_dim), dtype=np.float32)
 
         network = self._load()
-        outputs = []
+        descriptors, features = [], []
         for start in range(0, len(crops), self.batch_size):
             batch = self.backbone.preprocess(crops[start : start + self.batch_size])
             batch = batch.to(next(network.parameters()).device)
-            outputs.append(self._forward(network, batch))
-        return np.concatenate(outputs)
+            batch_descriptors, batch_features = self._forward(network, batch)
+            descriptors.append(batch_descriptors)
+            features.append(batch_features)
+        return np.concatenate(descriptors), np.concatenate(features)
 
-    def _forward(self, network: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
+    def _forward(self, network: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             if self.flip:
                 # One pass over both orientations keeps the batch large.
@@ -95,4 +119,7 @@ class Embedder:
             else:
                 descriptors = network(batch)
             descriptors = torch.nn.functional.normalize(descriptors, dim=1)
-        return descriptors.float().cpu().numpy()
+        pooled = self._captured.output.flatten(1)
+        if self.flip:
+            pooled = (pooled[: len(batch)] + pooled[len(batch) :]) / 2
+        return descriptors.float().cpu().numpy(), pooled.float().cpu().numpy()

@@ -18,6 +18,11 @@ from core.storage.records import ANY_CHAT, NO_OWNER, SYNTHETIC, TemplateMatrix, 
 
 logger = logging.getLogger(__name__)
 
+# Weight of the closest synthetic-mask template in a masked probe's score; the rest goes to
+# the mean over the person's original photos. Measured on the masked identification
+# benchmark (docs/benchmarks.md), where 0.6 to 0.8 do about equally well.
+DEFAULT_SYNTHETIC_WEIGHT = 0.7
+
 # Templates examined per requested candidate before falling back to a full sort;
 # a person rarely has more templates than this among the top scores.
 _SCAN_FACTOR = 64
@@ -160,6 +165,69 @@ class TemplateIndex:
             candidates = self._top_people(scores, rows, k, len(scores))
         return candidates
 
+    def search_masked(
+        self,
+        probe: np.ndarray,
+        k: int = 3,
+        *,
+        chat_id: int | None = None,
+        synthetic_weight: float = DEFAULT_SYNTHETIC_WEIGHT,
+    ) -> list[Candidate]:
+        """Rank people for a masked probe by fusing synthetic-mask and original templates.
+
+        A person scores ``w * max(synthetic) + (1 - w) * mean(original)``, with ``w`` =
+        ``synthetic_weight``: the closest synthetic mask measures how alike the masked
+        faces are, and the mean over the original photos damps a mask-on-mask likeness that is
+        only the mask. A person without synthetic templates uses the max over originals
+        in place of the synthetic term. Each candidate's ``template_id`` is its best
+        synthetic template (or original, without synthetic ones).
+
+        Args:
+            probe: (dim,) float32 unit-length descriptor of a masked face.
+            k: number of people to return (at least 1).
+            chat_id: as for :meth:`search`.
+            synthetic_weight: ``w`` in [0, 1].
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not 0.0 <= synthetic_weight <= 1.0:
+            raise ValueError(f"synthetic_weight must be in [0, 1], got {synthetic_weight}")
+        probe = np.asarray(probe, dtype=np.float32)
+        if probe.shape != (self.dim,):
+            raise ValueError(f"expected a ({self.dim},) probe, got shape {probe.shape}")
+
+        rows = np.arange(len(self)) if chat_id is None else self._visible_rows(chat_id)
+        if len(rows) == 0:
+            return []
+        scores = self._vectors[rows] @ probe
+        people, slot = np.unique(self._person_ids[rows], return_inverse=True)
+        synthetic = self._synthetic[rows]
+
+        best_synthetic, best_synthetic_row = _max_per_slot(scores, slot, synthetic, len(people))
+        best_original, best_original_row = _max_per_slot(scores, slot, ~synthetic, len(people))
+        original_count = np.bincount(slot[~synthetic], minlength=len(people))
+        original_mean = np.bincount(slot[~synthetic], scores[~synthetic], minlength=len(people)) / np.maximum(
+            original_count, 1
+        )
+
+        has_synthetic = np.isfinite(best_synthetic)
+        masked_term = np.where(has_synthetic, best_synthetic, best_original)
+        fused = synthetic_weight * masked_term + (1.0 - synthetic_weight) * original_mean
+        fused[original_count == 0] = -np.inf  # a synthetic template without its source photo is never matched
+        best_row = np.where(has_synthetic, best_synthetic_row, best_original_row)
+
+        order = np.argsort(-fused, kind="stable")[:k]
+        return [
+            Candidate(
+                int(people[slot_index]), float(fused[slot_index]), int(self._template_ids[rows[best_row[slot_index]]])
+            )
+            for slot_index in order
+            if np.isfinite(fused[slot_index])
+        ]
+
+    def _visible_rows(self, chat_id: int) -> np.ndarray:
+        return np.flatnonzero(visible_in_chat(chat_id, self._chat_ids, self._owner_ids))
+
     def _rows(self, chat_id: int | None, synthetic: bool) -> np.ndarray | None:
         """Return the rows a search may use, or None for all of them."""
         selected = self._synthetic == synthetic
@@ -190,6 +258,23 @@ class TemplateIndex:
             if len(candidates) == k:
                 break
         return candidates
+
+
+def _max_per_slot(
+    scores: np.ndarray, slot: np.ndarray, selected: np.ndarray, slots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each slot's highest score among ``selected`` rows (-inf where none) and that row's position."""
+    best = np.full(slots, -np.inf)
+    best_row = np.zeros(slots, dtype=np.int64)
+    positions = np.flatnonzero(selected)
+    if len(positions):
+        # Sort by slot, then score; the last row of each slot's run holds its maximum.
+        ordered = positions[np.lexsort((scores[positions], slot[positions]))]
+        ordered_slots = slot[ordered]
+        last = np.flatnonzero(np.append(ordered_slots[1:] != ordered_slots[:-1], True))
+        best[ordered_slots[last]] = scores[ordered[last]]
+        best_row[ordered_slots[last]] = ordered[last]
+    return best, best_row
 
 
 def is_match(candidate: Candidate | None, threshold: float) -> bool:

@@ -13,6 +13,7 @@ from core.backbones import FaceNetCasia
 from core.detection import DetectedFace, FaceDetector
 from core.embedding import Embedder
 from core.images import DecodedImage
+from core.masks import synthesize_masked
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,10 +26,14 @@ class Face:
     Attributes:
         detection: box ``(x1, y1, x2, y2)`` in image pixels, probability and landmarks.
         embedding: (D,) float32 unit-length descriptor.
+        features: (F,) float32 pooled trunk features (see
+            :meth:`core.embedding.Embedder.embed_with_features`), which the mask detector
+            reads; None where they were not kept, such as for gallery templates.
     """
 
     detection: DetectedFace
     embedding: np.ndarray
+    features: np.ndarray | None = None
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -104,15 +109,41 @@ class FacePipeline:
             crops.extend(align_face(image.pixels, face, self.alignment) for face in faces)
         size = self.alignment.size
         stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
-        vectors = self.embedder.embed(stacked)
+        vectors, features = self.embedder.embed_with_features(stacked)
 
         results: list[list[Face]] = []
         position = 0
         for faces in detections:
-            results.append([Face(face, vectors[position + index]) for index, face in enumerate(faces)])
+            results.append(
+                [Face(face, vectors[position + index], features[position + index]) for index, face in enumerate(faces)]
+            )
             position += len(faces)
         logger.debug("analysed %d images, %d faces", len(images), position)
         return results
+
+    def embed_masked(self, image: DecodedImage, detection: DetectedFace, count: int) -> np.ndarray:
+        """Draw ``count`` synthetic masks on one detected face and return their descriptors.
+
+        The masks are seeded by the photo's SHA-256 (see :func:`masked_variants_seed`), so
+        enrolling the same photo twice stores the same templates.
+
+        Returns:
+            (count, D) float32 unit-length descriptors, one per mask variant.
+        """
+        return self.analyze_masked(image, detection, count)[0]
+
+    def analyze_masked(self, image: DecodedImage, detection: DetectedFace, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`embed_masked`, and also return the (count, F) pooled features of each variant."""
+        variants = synthesize_masked(image.pixels, detection.landmarks, count, seed=masked_variants_seed(image.sha256))
+        crops = [align_face(pixels, detection, self.alignment) for pixels in variants]
+        size = self.alignment.size
+        stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
+        return self.embedder.embed_with_features(stacked)
+
+
+def masked_variants_seed(sha256: str) -> int:
+    """Seed of a photo's synthetic masks, from its file hash: the same photo always gets the same masks."""
+    return int(sha256[:16], 16)
 
 
 def main_face(faces: Sequence[Face], width: int, height: int) -> Face | None:

@@ -16,18 +16,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
-from core.errors import NoFaceError, PersonNotFoundError
+import numpy as np
+
+from core.calibration import Calibration, calibrate, load_calibration, resolve_thresholds, save_calibration
+from core.errors import ModelError, NoFaceError, PersonNotFoundError
 from core.images import DecodedImage
+from core.mask_detection import MaskClassifier, shipped_classifier
 from core.matching import Candidate, TemplateIndex, is_match
 from core.pipeline import Face, FacePipeline, main_face
 from core.settings import Settings
 from core.storage import (
     ANY_CHAT,
     NO_OWNER,
+    SYNTHETIC,
     GalleryStore,
     ImageRecord,
     NewTemplate,
     Person,
+    PersonSummary,
     RemovedPerson,
     SqliteGalleryStore,
 )
@@ -106,23 +112,46 @@ class FaceService:
         store: an unopened gallery store; the service opens and closes it.
         pipeline: detection, alignment and embedding.
         workers: threads that run model inference (the bounded worker pool).
+        mask_classifier: decides whether a probe wears a mask; without one every probe
+            is matched as unmasked.
     """
 
-    def __init__(self, settings: Settings, store: GalleryStore, pipeline: FacePipeline, *, workers: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: GalleryStore,
+        pipeline: FacePipeline,
+        *,
+        workers: int = 1,
+        mask_classifier: MaskClassifier | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if mask_classifier is not None and mask_classifier.model_id != pipeline.model_id:
+            raise ModelError(
+                f"the mask classifier was trained for {mask_classifier.model_id}, not {pipeline.model_id}; "
+                "retrain it with `maskid train mask-detector`"
+            )
         self.settings = settings
         self.store = store
         self.pipeline = pipeline
+        self.mask_classifier = mask_classifier
         self.index = TemplateIndex(pipeline.embedder.embedding_dim)
+        self.thresholds = resolve_thresholds(settings.match_threshold, settings.masked_match_threshold, None)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskid-model")
         self._people: dict[int, Person] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, workers: int = 1) -> FaceService:
-        """Build the default service: SQLite gallery at ``settings.db_path`` and the default pipeline."""
+        """Build the default service: SQLite gallery at ``settings.db_path``, the default pipeline and
+        the shipped mask classifier."""
+        pipeline = FacePipeline.from_settings(settings)
         return cls(
-            settings, SqliteGalleryStore.from_settings(settings), FacePipeline.from_settings(settings), workers=workers
+            settings,
+            SqliteGalleryStore.from_settings(settings),
+            pipeline,
+            workers=workers,
+            mask_classifier=shipped_classifier(pipeline.model_id),
         )
 
     @property
@@ -131,7 +160,8 @@ class FaceService:
 
     @property
     def threshold(self) -> float:
-        return self.settings.match_threshold
+        """The unmasked threshold; :attr:`thresholds` has both."""
+        return self.thresholds.unmasked
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -146,6 +176,11 @@ class FaceService:
         templates = await self.store.load_templates(self.model_id)
         self.index.add_matrix(templates)
         logger.info("gallery %s: %d templates of model %s loaded", self.store, len(templates), self.model_id)
+        calibration = await load_calibration(self.store, self.model_id)
+        self.thresholds = resolve_thresholds(
+            self.settings.match_threshold, self.settings.masked_match_threshold, calibration
+        )
+        logger.info("thresholds: %s", self.thresholds)
 
     async def close(self) -> None:
         """Close the store and stop the worker threads."""
@@ -193,24 +228,27 @@ class FaceService:
                 logger.info("image %s is already enrolled for person %d", image.sha256[:12], person.id)
                 return EnrollResult(person.id, name, (), len(faces), created_person=False, already_enrolled=True)
 
-        template = NewTemplate(embedding=face.embedding, box=face.box, detection_probability=face.probability)
+        masked = await self.run_model(self.pipeline.embed_masked, image, face.detection, self.settings.synthetic_masks)
+        templates = enrollment_templates(face, masked)
         enrollment = await self.store.enroll(
             person_name=name,
             source=source,
             model_id=self.model_id,
             image=_image_record(image),
-            templates=[template],
+            templates=templates,
             owner_id=owner_id,
             chat_id=chat_id,
         )
+        count = len(templates)
         self.index.add(
             enrollment.template_ids,
-            [enrollment.person_id] * len(enrollment.template_ids),
-            [face.embedding],
-            chat_ids=[chat_id or ANY_CHAT],
-            owner_ids=[owner_id or NO_OWNER],
+            [enrollment.person_id] * count,
+            np.stack([template.embedding for template in templates]),
+            synthetic=[template.kind == SYNTHETIC for template in templates],
+            chat_ids=[chat_id or ANY_CHAT] * count,
+            owner_ids=[owner_id or NO_OWNER] * count,
         )
-        logger.info("enrolled image %s as person %d (%d templates)", image.sha256[:12], enrollment.person_id, 1)
+        logger.info("enrolled image %s as person %d (%d templates)", image.sha256[:12], enrollment.person_id, count)
         return EnrollResult(
             person_id=enrollment.person_id,
             person_name=name,
@@ -226,22 +264,69 @@ class FaceService:
 
         Args:
             chat_id: the chat asking; only people visible there are returned (see
-                :func:`core.storage.records.visible_in_chat`). None, for the command line, sees everyone.
+                :func:`core.storage.records.visible_in_chat`). None (the command line) searches every template.
         """
         faces = await self.analyze(image)
         return [await self.identify_face(face, top_k=top_k, chat_id=chat_id) for face in faces]
 
     async def identify_face(self, face: Face, *, top_k: int = 3, chat_id: int | None = None) -> Identification:
-        """Rank gallery people for one analysed face, as seen from ``chat_id`` (None sees everyone)."""
-        candidates = self.index.search(face.embedding, k=top_k, chat_id=chat_id)
+        """Rank gallery people for one analysed face, as visible from ``chat_id`` (None searches every template).
+
+        A face the mask detector calls masked is matched with :meth:`TemplateIndex.search_masked`
+        and the masked threshold; any other face against original templates only.
+        """
+        masked, probability = self.mask_status(face)
+        candidates = self.search(face, top_k=top_k, chat_id=chat_id, masked=masked)
+        threshold = self.thresholds.for_probe(masked)
         ranked = tuple(await self._rank(candidates))
         best = ranked[0] if ranked else None
-        match = best if best is not None and is_match(candidates[0], self.threshold) else None
-        return Identification(face=face, candidates=ranked, match=match, threshold=self.threshold)
+        match = best if best is not None and is_match(candidates[0], threshold) else None
+        return Identification(
+            face=face,
+            candidates=ranked,
+            match=match,
+            threshold=threshold,
+            masked=masked,
+            mask_probability=probability,
+        )
+
+    def mask_status(self, face: Face) -> tuple[bool, float | None]:
+        """Return whether ``face`` wears a mask and the classifier's probability (None without one)."""
+        if self.mask_classifier is None or face.features is None:
+            return False, None
+        probability = float(self.mask_classifier.probability(face.features))
+        return probability >= self.mask_classifier.threshold, probability
+
+    def search(self, face: Face, *, top_k: int, chat_id: int | None, masked: bool) -> list[Candidate]:
+        """Rank people by the rule of the probe's kind: fused synthetic and original templates for a
+        masked face, original templates for an unmasked one."""
+        if masked:
+            return self.index.search_masked(face.embedding, k=top_k, chat_id=chat_id)
+        return self.index.search(face.embedding, k=top_k, chat_id=chat_id)
+
+    async def calibrate(self, faces: Sequence[Face], target_fpir: float) -> Calibration:
+        """Pick and store each probe kind's threshold from ``faces`` of people who are not enrolled.
+
+        Each face is routed by the mask detector as :meth:`identify_face` would route it,
+        so each threshold reaches ``target_fpir`` on the faces its rule sees.
+        """
+        scores: dict[bool, list[float]] = {False: [], True: []}
+        for face in faces:
+            masked, _ = self.mask_status(face)
+            candidates = self.search(face, top_k=1, chat_id=None, masked=masked)
+            if candidates:
+                scores[masked].append(candidates[0].score)
+        calibration = calibrate(self.model_id, np.array(scores[False]), np.array(scores[True]), target_fpir=target_fpir)
+        await save_calibration(self.store, calibration)
+        stored = await load_calibration(self.store, self.model_id)
+        self.thresholds = resolve_thresholds(
+            self.settings.match_threshold, self.settings.masked_match_threshold, stored
+        )
+        return calibration
 
     async def verify(self, first: DecodedImage, second: DecodedImage) -> Verification:
         """Compare the main faces of two photos on the worker pool; see :func:`verify_images`."""
-        return await self.run_model(verify_images, self.pipeline, first, second, self.threshold)
+        return await self.run_model(verify_images, self.pipeline, first, second, self.settings.verify_threshold)
 
     async def remove(self, name: str) -> list[RemovedPerson]:
         """Delete every person called ``name`` with their templates.
@@ -269,6 +354,21 @@ class FaceService:
             if candidate.person_id in self._people
         ]
 
+    # A user's own data, for the bot's /me and /forget.
+
+    async def user_summary(self, owner_id: int) -> list[PersonSummary]:
+        """Return the people that the user ``owner_id`` enrolled, with their image and template counts."""
+        return await self.store.people_of_owner(owner_id)
+
+    async def forget_user(self, owner_id: int) -> list[RemovedPerson]:
+        """Delete every person that the user ``owner_id`` enrolled, from the store and from the index."""
+        removed = await self.store.remove_people_of_owner(owner_id)
+        for item in removed:
+            self.index.remove_person(item.person.id)
+            self._people.pop(item.person.id, None)
+        logger.info("forgot user %d: %d people removed", owner_id, len(removed))
+        return removed
+
 
 def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedImage, threshold: float) -> Verification:
     """Compare the main faces of two photos: cosine similarity and whether it reaches ``threshold``.
@@ -293,6 +393,22 @@ def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedIm
         boxes=tuple(face.box for face in faces),
         faces_found=tuple(counts),
     )
+
+
+def enrollment_templates(face: Face, masked: np.ndarray) -> list[NewTemplate]:
+    """Return the templates of one enrolled face: its own descriptor, then one per synthetic mask."""
+    original = NewTemplate(embedding=face.embedding, box=face.box, detection_probability=face.probability)
+    synthetic = [
+        NewTemplate(
+            embedding=vector,
+            box=face.box,
+            detection_probability=face.probability,
+            kind=SYNTHETIC,
+            parent_index=0,
+        )
+        for vector in masked
+    ]
+    return [original, *synthetic]
 
 
 def _image_record(image: DecodedImage) -> ImageRecord:

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("maskid.sqlite3")
 DEFAULT_DATASETS_DIR = Path("../shared/datasets")
+
+# Characters and length that the Bot API allows in a webhook secret token.
+_WEBHOOK_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 # Environment variable for each field whose name does not follow MASKID_<FIELD>.
 _ENV_NAMES = {
@@ -82,10 +86,16 @@ class Settings:
     # Embedding: average the descriptors of each crop and its mirror image.
     flip: bool = True
 
-    # Matching: a best cosine similarity below this threshold is reported as "unknown".
-    # TODO: replace this fixed default with thresholds calibrated on non-mated probes,
-    # one for masked and one for unmasked faces.
-    match_threshold: float = 0.45
+    # Enrollment: synthetic-mask templates stored beside each enrolled photo's own template.
+    synthetic_masks: int = 2
+
+    # Identification: the score a best candidate needs, for unmasked and for masked faces;
+    # below it the answer is "unknown". Unset, each comes from `maskid calibrate` (stored
+    # in the gallery) or, before calibration, from the built-in defaults.
+    match_threshold: float | None = None
+    masked_match_threshold: float | None = None
+    # Verification (`maskid verify`): the cosine similarity two photos need to be called the same person.
+    verify_threshold: float = 0.40
 
     # Image intake limits, checked before decoding.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -95,6 +105,28 @@ class Settings:
     telegram_token: str | None = field(default=None, repr=False)
     telegram_api_base_url: str | None = None
     telegram_api_file_url: str | None = None
+    # Telegram user ids that may enroll other people and public figures, and read /stats.
+    telegram_admin_ids: tuple[int, ...] = ()
+    # Photos (identify or enroll) one user may send per window; more get a "slow down" reply.
+    telegram_rate_limit: int = 10
+    telegram_rate_window_s: float = 60.0
+    # Photos waiting for or in model work at once, over all users; more get a "busy" reply.
+    telegram_max_queued: int = 32
+    # Threads of the bot's model worker pool.
+    telegram_model_workers: int = 1
+    # Seconds that /enroll waits for its photo and that consent and /forget buttons stay valid.
+    telegram_conversation_timeout_s: float = 120.0
+    # Largest file the bot downloads, in bytes. The cloud Bot API serves at most 20 MB;
+    # a self-hosted Bot API server (TELEGRAM_API_BASE_URL) allows more.
+    telegram_max_download_bytes: int = 20 * 1024 * 1024
+    # Webhook mode, used when a URL is set: the public HTTPS URL Telegram posts updates to,
+    # and the local address and port the bot listens on behind it. Telegram sends the
+    # secret token in every request, and the bot rejects requests without it. When no
+    # secret is set, a random one is generated at start.
+    telegram_webhook_url: str | None = None
+    telegram_webhook_listen: str = "127.0.0.1"
+    telegram_webhook_port: int = 8443
+    telegram_webhook_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -107,12 +139,46 @@ class Settings:
             _invalid("min_face_size", f"must be at least 1 pixel, got {self.min_face_size}")
         if not 0.0 <= self.min_detection_probability <= 1.0:
             _invalid("min_detection_probability", f"must be in [0, 1], got {self.min_detection_probability}")
-        if not -1.0 <= self.match_threshold <= 1.0:
-            _invalid("match_threshold", f"is a cosine similarity in [-1, 1], got {self.match_threshold}")
+        for name in ("match_threshold", "masked_match_threshold", "verify_threshold"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                _invalid(name, f"is a cosine similarity in [-1, 1], got {value}")
+        if self.synthetic_masks < 0:
+            _invalid("synthetic_masks", f"must be 0 or more, got {self.synthetic_masks}")
         if self.max_image_bytes < 1:
             _invalid("max_image_bytes", f"must be positive, got {self.max_image_bytes}")
         if self.max_image_pixels < 1:
             _invalid("max_image_pixels", f"must be positive, got {self.max_image_pixels}")
+        self._check_telegram()
+
+    def _check_telegram(self) -> None:
+        """Validate the Telegram bot fields; ``telegram_admin_ids`` becomes a tuple of ints."""
+        admin_ids = tuple(self.telegram_admin_ids)
+        if not all(isinstance(user_id, int) and not isinstance(user_id, bool) for user_id in admin_ids):
+            _invalid("telegram_admin_ids", f"must be Telegram user ids (whole numbers), got {admin_ids!r}")
+        object.__setattr__(self, "telegram_admin_ids", admin_ids)
+        for name in ("telegram_rate_limit", "telegram_max_queued", "telegram_model_workers"):
+            if getattr(self, name) < 1:
+                _invalid(name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("telegram_rate_window_s", "telegram_conversation_timeout_s"):
+            if not getattr(self, name) > 0:
+                _invalid(name, f"must be a positive number of seconds, got {getattr(self, name)}")
+        if self.telegram_max_download_bytes < 1:
+            _invalid("telegram_max_download_bytes", f"must be positive, got {self.telegram_max_download_bytes}")
+        if not 1 <= self.telegram_webhook_port <= 65535:
+            _invalid("telegram_webhook_port", f"must be a TCP port in 1..65535, got {self.telegram_webhook_port}")
+        if self.telegram_webhook_url is not None and not self.telegram_webhook_url.startswith("https://"):
+            _invalid(
+                "telegram_webhook_url",
+                f"must be an https:// URL, as Telegram requires, got {self.telegram_webhook_url!r}",
+            )
+        secret = self.telegram_webhook_secret
+        if secret is not None and not _WEBHOOK_SECRET_PATTERN.fullmatch(secret):
+            # The value is a secret, so the message gives its length only.
+            _invalid(
+                "telegram_webhook_secret",
+                f"must be 1-256 of A-Z, a-z, 0-9, _ and -, got {len(secret)} characters that are not",
+            )
 
     @classmethod
     def from_env(
@@ -167,10 +233,13 @@ def _parse(settings_field: dataclasses.Field[Any], raw: str, name: str) -> Any:
             return Path(raw).expanduser()
         if kind == "int":
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
         if kind == "bool":
             return _parse_bool(raw)
+        if kind == "tuple[int, ...]":
+            kind = "list of whole numbers separated by commas"
+            return tuple(int(item) for item in raw.replace(",", " ").split())
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a valid {kind}; fix it in the environment or .env") from None
     return raw

@@ -38,12 +38,14 @@ from core.storage import SqliteGalleryStore
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("gallery", "enroll", "identify", "verify", "people", "remove", "mask", "eval")
+COMMANDS = ("gallery", "enroll", "identify", "verify", "people", "remove", "mask", "eval", "calibrate", "train")
 
 # The module's gallery enrolls photos 1-3 of these LFW people; photo 4 is held out as a probe.
 ENROLLED = ("Alan_Greenspan", "Angela_Merkel", "Al_Sharpton")
 HELD_OUT = 4
 STRANGER = ("Adrien_Brody", 1)  # not in the gallery
+# Each enrolled photo stores its own template and its synthetic-mask copies.
+TEMPLATES_PER_PHOTO = 1 + Settings().synthetic_masks
 
 # Two folds in the pairs.txt order: a block of same-person pairs, then a block of different-person pairs.
 PAIRS = (
@@ -280,7 +282,7 @@ def test_gallery_build_then_rerun(maskid: MaskidRunner, tmp_path: Path, db_path:
     assert f"3 people from {root}" in first.stdout
     assert re.search(r"enrolled now:\s+9 photos", first.stdout)
     assert re.search(r"already present:\s+0 photos", first.stdout)
-    assert count_rows(db_path, "templates") == 9
+    assert count_rows(db_path, "templates") == 9 * TEMPLATES_PER_PHOTO
     assert count_rows(db_path, "images") == 9
 
     second = maskid("gallery", "build", "--json", root)
@@ -294,7 +296,7 @@ def test_gallery_build_then_rerun(maskid: MaskidRunner, tmp_path: Path, db_path:
         "no_face": 0,
         "skipped": [],
     }
-    assert count_rows(db_path, "templates") == 9
+    assert count_rows(db_path, "templates") == 9 * TEMPLATES_PER_PHOTO
     assert count_rows(db_path, "images") == 9
     assert count_rows(db_path, "people") == 3
 
@@ -375,7 +377,7 @@ def test_identify_names_enrolled_and_unknown(maskid: MaskidRunner, gallery_db: P
     assert run.exit_code == 0, run.stderr
     assert len(lines) == 2
     assert re.match(rf"{re.escape(str(enrolled_probe))} face 1: Alan Greenspan \(similarity 0\.\d{{3}}\)", lines[0])
-    assert re.match(rf"{re.escape(str(stranger_probe))} face 1: unknown \(best .+ < threshold 0\.450\)", lines[1])
+    assert re.match(rf"{re.escape(str(stranger_probe))} face 1: unknown \(best .+ < threshold 0\.\d{{3}}\)", lines[1])
 
 
 @pytest.mark.datasets
@@ -434,14 +436,14 @@ def test_enroll_people_remove(
 
     assert enrolled.exit_code == 0, enrolled.stderr
     assert enrolled.stdout.splitlines() == [f"{photo}: enrolled as 'Jane Doe'" for photo in photos]
-    assert count_rows(db_path, "templates") == 2
+    assert count_rows(db_path, "templates") == 2 * TEMPLATES_PER_PHOTO
 
     listed = maskid("people")
 
     assert listed.exit_code == 0, listed.stderr
     assert listed.stdout.splitlines() == [
         "name\tsource (dataset, cli or telegram)\tphotos\ttemplates",
-        "Jane Doe\tcli\t2 photos\t2 templates",
+        f"Jane Doe\tcli\t2 photos\t{2 * TEMPLATES_PER_PHOTO} templates",
         f"1 person in {db_path}",
     ]
 
@@ -450,13 +452,13 @@ def test_enroll_people_remove(
 
     assert listed_json.exit_code == 0
     assert [(person["name"], person["source"], person["images"], person["templates"]) for person in people] == [
-        ("Jane Doe", "cli", 2, 2)
+        ("Jane Doe", "cli", 2, 2 * TEMPLATES_PER_PHOTO)
     ]
 
     removed = maskid_in_process("remove", "Jane Doe")
 
     assert removed.exit_code == 0
-    assert removed.stdout.strip() == "removed 'Jane Doe' (cli): 2 photos, 2 templates"
+    assert removed.stdout.strip() == f"removed 'Jane Doe' (cli): 2 photos, {2 * TEMPLATES_PER_PHOTO} templates"
 
     after = maskid_in_process("people")
 
@@ -558,11 +560,11 @@ def test_verify(
     result = as_json.json()
 
     assert text.exit_code == 0
-    assert re.fullmatch(rf"{verdict}: similarity -?[01]\.\d{{3}} \(threshold 0\.450\)\n", text.stdout)
+    assert re.fullmatch(rf"{verdict}: similarity -?[01]\.\d{{3}} \(threshold 0\.400\)\n", text.stdout)
     assert as_json.exit_code == 0
     assert result["same"] is same
     assert (result["similarity"] >= result["threshold"]) is same
-    assert result["threshold"] == 0.45
+    assert result["threshold"] == Settings().verify_threshold
     assert result["faces_found"] == [1, 1]
     assert len(result["boxes"]) == 2
 
@@ -656,3 +658,34 @@ def test_identify_bad_file_keeps_other_results(
     assert_one_line_error(run)
     assert "not a supported image" in run.stderr
     assert "Alan Greenspan" in run.stdout
+
+
+# calibrate.
+
+
+@pytest.mark.datasets
+def test_calibrate_stores_thresholds_that_identify_uses(
+    maskid_in_process: MaskidRunner, gallery_db: Path, datasets_dir: Path, tmp_path: Path
+) -> None:
+    strangers = tmp_path / "strangers"
+    link_lfw_tree(strangers, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
+    # A folder named like an enrolled person is skipped: it would not show a stranger.
+    link_lfw_tree(strangers, datasets_dir, ("Alan_Greenspan",), (5,))
+
+    run = maskid_in_process("calibrate", "--fpir", "0.2", strangers)
+    as_json = maskid_in_process("calibrate", "--fpir", "0.2", "--json", strangers).json()
+    identified = maskid_in_process("identify", "--json", lfw_photo(datasets_dir, *STRANGER)).json()
+
+    assert run.exit_code == 0, run.stderr
+    assert "6 used, 6 with a face, 1 skipped as enrolled people" in run.stdout
+    assert re.search(r"^unmasked  6 faces, threshold 0\.\d{4} \(FPIR on them 0\.1667\)$", run.stdout, re.MULTILINE)
+    assert "masked    0 faces, too few for this FPIR: threshold not changed" in run.stdout
+    assert as_json["unmasked"] == pytest.approx(identified[0]["faces"][0]["threshold"])
+    assert as_json["skipped_enrolled"] == 1
+
+
+def test_calibrate_rejects_fpir_outside_zero_one(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
+    run = maskid_in_process("calibrate", "--fpir", "1.5", tmp_path)
+
+    assert run.exit_code == 1
+    assert "--fpir must be between 0 and 1, got 1.5" in run.stderr

@@ -200,3 +200,23 @@ def test_detect_photo_smaller_than_min_face_size(datasets_dir: Path) -> None:
     faces = detector.detect(tiny)
 
     assert all(face.method != "mtcnn" for face in faces)
+
+
+@pytest.mark.datasets
+def test_masked_crop_that_o_net_rejects_is_taken_whole(detector: FaceDetector, datasets_dir: Path) -> None:
+    # A real masked face crop that neither MTCNN pass finds and O-Net scores below 0.5.
+    pixels = load_pixels(datasets_dir / "rof" / "masked" / "naomi_osaka" / "000045.jpg")
+
+    faces = detector.detect(pixels)
+
+    assert len(faces) == 1
+    assert faces[0].method == "whole-image"
+    assert faces[0].box == (0.0, 0.0, float(pixels.shape[1]), float(pixels.shape[0]))
+    eyes, mouth = faces[0].landmarks[:2], faces[0].landmarks[3:]
+    assert eyes[:, 1].max() < mouth[:, 1].min()
+
+
+def test_large_photo_without_a_face_is_not_taken_whole(detector: FaceDetector) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, size=(1200, 900, 3), dtype=np.uint8)
+
+    assert detector.detect(noise) == []

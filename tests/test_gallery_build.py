@@ -210,7 +210,7 @@ def test_build_enrolls_everyone(
     assert summary.people == expected_people
     assert summary.skipped == []
     assert person_names(settings.db_path) == expected_people
-    assert count_rows(settings.db_path, "templates") == 4
+    assert count_rows(settings.db_path, "templates") == 4 * (1 + settings.synthetic_masks)
 
 
 @pytest.mark.datasets
@@ -227,7 +227,7 @@ def test_build_rerun_adds_nothing(
     assert second.already_known == 4
     assert second.people == {"Alan Greenspan", "Angela Merkel"}
     assert image_hash_counts(settings.db_path) == {sha256_of(photo): 1 for photo in photos}
-    assert count_rows(settings.db_path, "templates") == 4
+    assert count_rows(settings.db_path, "templates") == 4 * (1 + settings.synthetic_masks)
     assert count_rows(settings.db_path, "people") == 2
 
 
@@ -275,7 +275,7 @@ def test_build_skips_bad_files_and_continues(
     assert "file not found" in reasons["dangling.jpg"]
     assert "truncated or corrupt JPEG" in reasons["broken.jpg"]
     assert person_names(settings.db_path) == {"Alan Greenspan", "Zoë Ångström"}
-    assert count_rows(settings.db_path, "templates") == 3
+    assert count_rows(settings.db_path, "templates") == 3 * (1 + settings.synthetic_masks)
 
 
 def test_build_records_no_face_photos(tmp_path: Path, settings: Settings, pipeline: FacePipeline) -> None:

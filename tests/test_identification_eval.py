@@ -20,6 +20,7 @@ from core.evaluation.identification import (
     AnalysedPhoto,
     EmbeddingCache,
     IdentificationProtocol,
+    MaskAwareMatcher,
     MatedProbe,
     PlainMatcher,
     ProbeSet,
@@ -43,6 +44,7 @@ from core.evaluation.identification import (
 )
 from core.evaluation.plots import plot_cmc, plot_det
 from core.images import DecodedImage
+from core.mask_detection import MaskClassifier
 from core.pipeline import Face, FacePipeline
 from core.settings import Settings
 
@@ -256,6 +258,28 @@ def test_plain_matcher_ranks_every_person() -> None:
 
     assert [label for label, _ in ranked] == ["alice", "bob"]
     assert ranked[0][1] == pytest.approx(float(unit(1, 0.1) @ unit(1, 0.2)), abs=1e-6)
+
+
+def test_mask_aware_matcher_routes_by_mask_and_fuses_synthetic_templates() -> None:
+    # Features say "masked" when their first value is positive.
+    classifier = MaskClassifier("m", np.array([50.0, 0.0]), 0.0, np.zeros(2), np.ones(2))
+    gallery = {"alice": [face(1, 0, 0)], "bob": [face(0, 1, 0)]}
+    synthetic = {"alice": unit(0, 0, 1)[None], "bob": unit(0, 0.2, 1)[None]}
+    searcher = MaskAwareMatcher(classifier, synthetic_masks=1, synthetic_weight=0.5).build(gallery, synthetic)
+    masked_probe = Face(face(0.1, 0.1, 1).detection, unit(0.1, 0.1, 1), np.array([1.0, 0.0]))
+    unmasked_probe = Face(face(0.1, 0.1, 1).detection, unit(0.1, 0.1, 1), np.array([-1.0, 0.0]))
+
+    masked_ranked = searcher.search(masked_probe, 5)
+    unmasked_ranked = searcher.search(unmasked_probe, 5)
+
+    assert searcher.is_masked(masked_probe) and not searcher.is_masked(unmasked_probe)
+    probe = unit(0.1, 0.1, 1)
+    expected_bob = 0.5 * float(probe @ unit(0, 0.2, 1)) + 0.5 * float(probe @ unit(0, 1, 0))
+    assert masked_ranked[0] == ("bob", pytest.approx(expected_bob, abs=1e-6))
+    # Unmasked probes never see synthetic templates: both people score against their photo only.
+    assert dict(unmasked_ranked) == pytest.approx(
+        {"alice": float(probe @ unit(1, 0, 0)), "bob": float(probe @ unit(0, 1, 0))}, abs=1e-6
+    )
 
 
 def test_score_protocol_counts_no_face_probes(tmp_path: Path) -> None:

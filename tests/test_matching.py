@@ -235,3 +235,53 @@ def test_search_keeps_synthetic_templates_apart() -> None:
     synthetic = index.search(vectors[1], k=5, synthetic=True)
     assert [c.template_id for c in synthetic] == [2, 3]
     assert synthetic[0].score == pytest.approx(1.0)
+
+
+def brute_force_masked(vectors, person_ids, synthetic, probe, weight):
+    scores = vectors @ probe
+    fused = {}
+    for person in np.unique(person_ids):
+        mine = person_ids == person
+        originals = scores[mine & ~synthetic]
+        masks = scores[mine & synthetic]
+        if not len(originals):
+            continue  # never matched without a source photo
+        masked_term = masks.max() if len(masks) else originals.max()
+        fused[int(person)] = weight * masked_term + (1 - weight) * originals.mean()
+    return sorted(fused.items(), key=lambda item: -item[1])
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7, 1.0])
+def test_search_masked_fuses_synthetic_max_with_original_mean(weight: float) -> None:
+    rng = np.random.default_rng(13)
+    vectors = unit_rows(rng, 60)
+    person_ids = rng.integers(0, 12, size=60)
+    synthetic = rng.random(60) < 0.6
+    synthetic[person_ids == 0] = False  # person 0 was enrolled before synthetic templates existed
+    index = TemplateIndex(DIM)
+    index.add(np.arange(60), person_ids, vectors, synthetic=synthetic)
+    probe = unit_rows(rng, 1)[0]
+
+    expected = brute_force_masked(vectors, person_ids, synthetic, probe, weight)
+    found = index.search_masked(probe, k=5, synthetic_weight=weight)
+
+    assert [c.person_id for c in found] == [person for person, _ in expected[:5]]
+    assert [c.score for c in found] == pytest.approx([score for _, score in expected[:5]], abs=1e-6)
+
+
+def test_search_masked_respects_chat_scope() -> None:
+    rng = np.random.default_rng(14)
+    vectors = unit_rows(rng, 4)
+    index = TemplateIndex(DIM)
+    index.add(
+        [1, 2, 3, 4],
+        [1, 1, 2, 2],
+        vectors,
+        synthetic=[False, True, False, True],
+        chat_ids=[0, 0, -100, -100],
+        owner_ids=[0, 0, 5, 5],
+    )
+
+    assert {c.person_id for c in index.search_masked(vectors[3], k=5, chat_id=-200)} == {1}
+    found = index.search_masked(vectors[3], k=5, chat_id=-100)
+    assert found[0].person_id == 2 and found[0].template_id == 4

@@ -30,18 +30,16 @@ import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from core.detection import DetectedFace, DetectionMethod
 from core.errors import DatasetError, InvalidImageError
 from core.images import DecodedImage, load_image, read_image_bytes
-from core.matching import TemplateIndex
-from core.pipeline import Face, main_face
-
-if TYPE_CHECKING:
-    from core.pipeline import FacePipeline
+from core.mask_detection import MaskClassifier
+from core.matching import DEFAULT_SYNTHETIC_WEIGHT, TemplateIndex
+from core.pipeline import Face, FacePipeline, main_face
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ STANDARD_UNMASKED_PROBES = (5, 10)  # slice of sorted positions 5..9, which are 
 STANDARD_LFW_PEOPLE = 600
 
 # Bump when what the cache stores for a photo changes meaning (for example the main-face rule).
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
 # --- Protocol --------------------------------------------------------------------------------------------------
@@ -453,6 +451,10 @@ class Searcher(Protocol):
         """
         ...
 
+    def is_masked(self, probe: Face) -> bool | None:
+        """Return whether the searcher treats ``probe`` as masked, None when it does not ask."""
+        ...
+
 
 class Matcher(Protocol):
     """Pluggable matching strategy of the benchmark: builds a :class:`Searcher` over a gallery."""
@@ -462,10 +464,19 @@ class Matcher(Protocol):
         """Short id for reports, for example "plain"."""
         ...
 
-    def build(self, gallery: Mapping[str, Sequence[Face]]) -> Searcher:
+    @property
+    def synthetic_masks(self) -> int:
+        """Synthetic-mask templates it wants per gallery photo (0 for none)."""
+        ...
+
+    def build(
+        self, gallery: Mapping[str, Sequence[Face]], synthetic: Mapping[str, np.ndarray] | None = None
+    ) -> Searcher:
         """Index the gallery: the faces of each enrolled person, keyed by label.
 
         A person whose photos had no face has an empty list and can never be found.
+        ``synthetic`` holds each person's synthetic-mask descriptors as one (M, D) array,
+        when :attr:`synthetic_masks` asks for them.
         """
         ...
 
@@ -474,8 +485,11 @@ class PlainMatcher:
     """Match against the enrolled templates as they are: a person scores the maximum cosine over their templates."""
 
     name = "plain"
+    synthetic_masks = 0
 
-    def build(self, gallery: Mapping[str, Sequence[Face]]) -> PlainSearcher:
+    def build(
+        self, gallery: Mapping[str, Sequence[Face]], synthetic: Mapping[str, np.ndarray] | None = None
+    ) -> PlainSearcher:
         return PlainSearcher(gallery)
 
 
@@ -496,8 +510,96 @@ class PlainSearcher:
             return []
         return [(self._labels[item.person_id], item.score) for item in self._index.search(probe.embedding, k)]
 
+    def is_masked(self, probe: Face) -> bool | None:
+        return None
+
+
+class MaskAwareMatcher:
+    """Match as the service does: the mask detector routes each probe, masked probes use the
+    fused synthetic and original templates (:meth:`TemplateIndex.search_masked`), unmasked
+    probes the original templates only.
+
+    Args:
+        classifier: the mask detector.
+        synthetic_masks: synthetic-mask templates per gallery photo.
+        synthetic_weight: see :meth:`TemplateIndex.search_masked`.
+    """
+
+    def __init__(
+        self,
+        classifier: MaskClassifier,
+        *,
+        synthetic_masks: int = 2,
+        synthetic_weight: float = DEFAULT_SYNTHETIC_WEIGHT,
+    ) -> None:
+        if classifier is None:
+            raise ValueError(
+                "the mask-aware matcher needs a mask classifier; train one with `maskid train mask-detector`"
+            )
+        self.classifier = classifier
+        self.synthetic_masks = synthetic_masks
+        self.synthetic_weight = synthetic_weight
+
+    @property
+    def name(self) -> str:
+        return f"mask-aware ({self.synthetic_masks} synthetic masks, weight {self.synthetic_weight})"
+
+    def build(
+        self, gallery: Mapping[str, Sequence[Face]], synthetic: Mapping[str, np.ndarray] | None = None
+    ) -> MaskAwareSearcher:
+        return MaskAwareSearcher(self, gallery, synthetic or {})
+
+
+class MaskAwareSearcher:
+    """The searcher of :class:`MaskAwareMatcher`."""
+
+    def __init__(
+        self, matcher: MaskAwareMatcher, gallery: Mapping[str, Sequence[Face]], synthetic: Mapping[str, np.ndarray]
+    ) -> None:
+        self._matcher = matcher
+        self._labels = list(gallery)
+        dim = next((len(face.embedding) for faces in gallery.values() for face in faces), 1)
+        self._index = TemplateIndex(dim)
+        next_id = 0
+        for person, label in enumerate(self._labels):
+            originals = [face.embedding for face in gallery[label]]
+            if not originals:
+                continue
+            masked = synthetic.get(label, np.zeros((0, dim), dtype=np.float32))
+            vectors = np.concatenate([np.stack(originals), masked])
+            flags = [False] * len(originals) + [True] * len(masked)
+            self._index.add(
+                np.arange(next_id, next_id + len(vectors)), [person] * len(vectors), vectors, synthetic=flags
+            )
+            next_id += len(vectors)
+
+    def is_masked(self, probe: Face) -> bool | None:
+        if probe.features is None:
+            raise ValueError("the probe has no trunk features to detect a mask from; analyse it again")
+        return bool(self._matcher.classifier.is_masked(probe.features))
+
+    def search(self, probe: Face, k: int) -> list[tuple[str, float]]:
+        if len(self._index) == 0:
+            return []
+        if self.is_masked(probe):
+            found = self._index.search_masked(probe.embedding, k, synthetic_weight=self._matcher.synthetic_weight)
+        else:
+            found = self._index.search(probe.embedding, k)
+        return [(self._labels[item.person_id], item.score) for item in found]
+
 
 # --- Face analysis with an embedding cache ---------------------------------------------------------------------
+
+
+class AnalysisPipeline(Protocol):
+    """What the benchmark needs of a pipeline: :class:`core.pipeline.FacePipeline` or a reference recipe."""
+
+    detector: object
+
+    @property
+    def model_id(self) -> str: ...
+
+    def analyze_batch(self, images: Sequence[DecodedImage]) -> list[list[Face]]: ...
 
 
 @dataclass(frozen=True)
@@ -518,7 +620,7 @@ class AnalysedPhoto:
     error: str | None = None
 
 
-def analysis_id(pipeline: FacePipeline) -> str:
+def analysis_id(pipeline: AnalysisPipeline) -> str:
     """Return the cache key of a pipeline's output: descriptor space plus the detector settings.
 
     The model id alone is not enough, because detector settings such as the minimum
@@ -556,8 +658,17 @@ class EmbeddingCache:
         self._connection.execute(
             "CREATE TABLE IF NOT EXISTS photos ("
             " analysis_id TEXT NOT NULL, sha256 TEXT NOT NULL, face_count INTEGER NOT NULL,"
-            " box BLOB, probability REAL, landmarks BLOB, method TEXT, embedding BLOB,"
+            " box BLOB, probability REAL, landmarks BLOB, method TEXT, embedding BLOB, features BLOB,"
             " PRIMARY KEY (analysis_id, sha256))"
+        )
+        columns = {row[1] for row in self._connection.execute("PRAGMA table_info(photos)")}
+        if "features" not in columns:  # caches written before trunk features were kept
+            self._connection.execute("ALTER TABLE photos ADD COLUMN features BLOB")
+        # Masks are seeded by the photo's hash, so a longer list extends a shorter one.
+        self._connection.execute(
+            "CREATE TABLE IF NOT EXISTS masked ("
+            " analysis_id TEXT NOT NULL, sha256 TEXT NOT NULL, count INTEGER NOT NULL, dim INTEGER NOT NULL,"
+            " embeddings BLOB NOT NULL, PRIMARY KEY (analysis_id, sha256))"
         )
         self._connection.commit()
 
@@ -577,7 +688,7 @@ class EmbeddingCache:
         for start in range(0, len(unique), 500):  # stays under SQLite's bound-parameter limit
             chunk = unique[start : start + 500]
             rows = self._connection.execute(
-                "SELECT sha256, face_count, box, probability, landmarks, method, embedding FROM photos"
+                "SELECT sha256, face_count, box, probability, landmarks, method, embedding, features FROM photos"
                 f" WHERE analysis_id = ? AND sha256 IN ({','.join('?' * len(chunk))})",
                 [key, *chunk],
             )
@@ -588,17 +699,37 @@ class EmbeddingCache:
     def put(self, key: str, entries: Mapping[str, tuple[int, Face | None]]) -> None:
         """Store ``(face_count, main face)`` per SHA-256 and commit."""
         rows = [(key, sha256, face_count, *_face_to_row(face)) for sha256, (face_count, face) in entries.items()]
-        self._connection.executemany("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._connection.executemany("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._connection.commit()
+
+    def get_masked(self, key: str, sha256: str, count: int) -> np.ndarray | None:
+        """Return the first ``count`` synthetic-mask descriptors of a photo's main face, if cached."""
+        row = self._connection.execute(
+            "SELECT count, dim, embeddings FROM masked WHERE analysis_id = ? AND sha256 = ?", (key, sha256)
+        ).fetchone()
+        if row is None or row[0] < count:
+            return None
+        vectors = np.frombuffer(row[2], dtype=np.float32).reshape(row[0], row[1])
+        return vectors[:count].copy()
+
+    def put_masked(self, key: str, sha256: str, vectors: np.ndarray) -> None:
+        """Store the synthetic-mask descriptors of a photo's main face, (count, D), and commit."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._connection.execute(
+            "INSERT OR REPLACE INTO masked VALUES (?, ?, ?, ?, ?)",
+            (key, sha256, len(vectors), vectors.shape[1], vectors.tobytes()),
+        )
         self._connection.commit()
 
 
-def _face_to_row(face: Face | None) -> tuple[bytes | None, float | None, bytes | None, str | None, bytes | None]:
+def _face_to_row(face: Face | None) -> tuple[Any, ...]:
     if face is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     box = np.asarray(face.box, dtype=np.float64).tobytes()
     landmarks = np.asarray(face.detection.landmarks, dtype=np.float32).tobytes()
     embedding = np.asarray(face.embedding, dtype=np.float32).tobytes()
-    return box, float(face.probability), landmarks, face.detection.method, embedding
+    features = None if face.features is None else np.asarray(face.features, dtype=np.float32).tobytes()
+    return box, float(face.probability), landmarks, face.detection.method, embedding, features
 
 
 def _face_from_row(
@@ -607,17 +738,19 @@ def _face_from_row(
     landmarks: bytes | None,
     method: DetectionMethod | None,
     embedding: bytes | None,
+    features: bytes | None,
 ) -> Face | None:
     if box is None or probability is None or landmarks is None or method is None or embedding is None:
         return None
     x1, y1, x2, y2 = (float(value) for value in np.frombuffer(box, dtype=np.float64))
     points = np.frombuffer(landmarks, dtype=np.float32).reshape(5, 2).copy()
     detection = DetectedFace((x1, y1, x2, y2), probability, points, method)
-    return Face(detection, np.frombuffer(embedding, dtype=np.float32).copy())
+    vector = np.frombuffer(embedding, dtype=np.float32).copy()
+    return Face(detection, vector, None if features is None else np.frombuffer(features, dtype=np.float32).copy())
 
 
 def analyse_photos(
-    pipeline: FacePipeline,
+    pipeline: AnalysisPipeline,
     paths: Iterable[Path],
     *,
     max_image_bytes: int,
@@ -681,7 +814,7 @@ def analyse_photos(
 
 
 def _analyse_batch(
-    pipeline: FacePipeline, pending: Sequence[tuple[Path, DecodedImage]]
+    pipeline: AnalysisPipeline, pending: Sequence[tuple[Path, DecodedImage]]
 ) -> list[tuple[Path, DecodedImage, list[Face] | str]]:
     """Analyse a batch, or its photos one by one when the pipeline raises, to isolate the failing photo.
 
@@ -702,6 +835,39 @@ def _analyse_batch(
     return [result for item in pending for result in _analyse_batch(pipeline, [item])]
 
 
+def embed_masked_photos(
+    pipeline: FacePipeline,
+    photos: Iterable[AnalysedPhoto],
+    count: int,
+    *,
+    max_image_bytes: int,
+    max_image_pixels: int,
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
+) -> dict[Path, np.ndarray]:
+    """Draw ``count`` synthetic masks on the main face of each photo and embed them, as enrollment does.
+
+    Photos without a face are left out. Returns (count, D) descriptors per photo path.
+    """
+    from tqdm import tqdm
+
+    with_face = [photo for photo in photos if photo.face is not None]
+    key = analysis_id(pipeline)
+    masked: dict[Path, np.ndarray] = {}
+    for photo in tqdm(with_face, unit="photo", desc="drawing masks", disable=not show_progress):
+        data = read_image_bytes(photo.path, max_bytes=max_image_bytes)
+        sha256 = hashlib.sha256(data).hexdigest()
+        vectors = cache.get_masked(key, sha256, count) if cache is not None else None
+        if vectors is None:
+            image = load_image(data, max_bytes=max_image_bytes, max_pixels=max_image_pixels, label=str(photo.path))
+            vectors = pipeline.embed_masked(image, photo.face.detection, count)
+            if cache is not None:
+                cache.put_masked(key, sha256, vectors)
+        masked[photo.path] = vectors
+    logger.info("drew %d synthetic masks on each of %d photos", count, len(masked))
+    return masked
+
+
 # --- Scoring ---------------------------------------------------------------------------------------------------
 
 
@@ -717,6 +883,8 @@ class MatedResult:
         top_score: best candidate's score, NaN when the probe has no face.
         detection_method: how the main face was found (see
             :attr:`core.detection.DetectedFace.method`), None when the probe has no face.
+        masked: whether the matcher treated the probe as masked, None when it does not ask
+            or the probe has no face.
     """
 
     path: Path
@@ -726,6 +894,7 @@ class MatedResult:
     top_label: str | None
     top_score: float
     detection_method: str | None
+    masked: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -736,6 +905,7 @@ class NonMatedResult:
     top_label: str | None
     top_score: float
     detection_method: str | None
+    masked: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -797,10 +967,15 @@ def score_protocol(
     *,
     model_id: str,
     matcher: Matcher | None = None,
+    synthetic: Mapping[Path, np.ndarray] | None = None,
     target_fpirs: Sequence[float] = DEFAULT_TARGET_FPIRS,
     max_rank: int = DEFAULT_MAX_RANK,
 ) -> IdentificationEvaluation:
     """Enroll the gallery with ``matcher`` and score every probe set from already analysed photos.
+
+    Args:
+        synthetic: synthetic-mask descriptors of gallery photos, (M, D) per path, for a
+            matcher that uses them.
 
     Raises:
         KeyError: a photo of the protocol is missing from ``photos``.
@@ -816,7 +991,12 @@ def score_protocol(
                 without_face.append(path)
             else:
                 gallery_faces[label].append(face)
-    searcher = matcher.build(gallery_faces)
+    synthetic_by_label = {
+        label: np.concatenate([synthetic[path] for path in paths if path in synthetic])
+        for label, paths in protocol.gallery.items()
+        if synthetic is not None and any(path in synthetic for path in paths)
+    }
+    searcher = matcher.build(gallery_faces, synthetic_by_label)
     logger.info("gallery: %d people, %d templates", len(gallery_faces), sum(map(len, gallery_faces.values())))
 
     results = tuple(
@@ -849,7 +1029,8 @@ def _score_probe_set(
         rank, score = mated_rank(candidates, probe.label)
         top_label, top_score = candidates[0] if candidates else (None, math.nan)
         method = face.detection.method if face is not None else None
-        mated.append(MatedResult(probe.path, probe.label, rank, score, top_label, float(top_score), method))
+        masked = searcher.is_masked(face) if face is not None else None
+        mated.append(MatedResult(probe.path, probe.label, rank, score, top_label, float(top_score), method, masked))
 
     non_mated = []
     for path in probe_set.non_mated:
@@ -857,7 +1038,8 @@ def _score_probe_set(
         candidates = searcher.search(face, 1) if face is not None else []
         top_label, top_score = candidates[0] if candidates else (None, math.nan)
         method = face.detection.method if face is not None else None
-        non_mated.append(NonMatedResult(path, top_label, float(top_score), method))
+        masked = searcher.is_masked(face) if face is not None else None
+        non_mated.append(NonMatedResult(path, top_label, float(top_score), method, masked))
 
     ranks = np.array([result.rank for result in mated])
     mated_scores = np.array([result.score for result in mated])
@@ -881,7 +1063,7 @@ def _score_probe_set(
 
 
 def evaluate_identification(
-    pipeline: FacePipeline,
+    pipeline: AnalysisPipeline,
     protocol: IdentificationProtocol,
     *,
     max_image_bytes: int,
@@ -907,6 +1089,27 @@ def evaluate_identification(
         batch_size=batch_size,
         show_progress=show_progress,
     )
+    matcher = matcher or PlainMatcher()
+    synthetic = None
+    if matcher.synthetic_masks > 0:
+        if not isinstance(pipeline, FacePipeline):
+            raise DatasetError(f"matcher {matcher.name!r} needs synthetic masks, which only maskid's pipeline draws")
+        gallery_photos = [photos[path] for paths in protocol.gallery.values() for path in paths]
+        synthetic = embed_masked_photos(
+            pipeline,
+            gallery_photos,
+            matcher.synthetic_masks,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
+            cache=cache,
+            show_progress=show_progress,
+        )
     return score_protocol(
-        protocol, photos, model_id=pipeline.model_id, matcher=matcher, target_fpirs=target_fpirs, max_rank=max_rank
+        protocol,
+        photos,
+        model_id=pipeline.model_id,
+        matcher=matcher,
+        synthetic=synthetic,
+        target_fpirs=target_fpirs,
+        max_rank=max_rank,
     )

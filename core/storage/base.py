@@ -133,6 +133,20 @@ class GalleryStore(Protocol):
         """
         ...
 
+    async def people_of_owner(self, owner_id: int) -> list[PersonSummary]:
+        """Return the people owned by ``owner_id`` in id order, oldest first.
+
+        Their image and template counts cover every model.
+        """
+        ...
+
+    async def remove_people_of_owner(self, owner_id: int) -> list[RemovedPerson]:
+        """Delete every person owned by ``owner_id`` with their images and templates, in one transaction.
+
+        Returns what was deleted, in id order; an empty list when the owner has no people.
+        """
+        ...
+
     async def load_templates(self, model_id: str, *, kinds: Collection[str] | None = None) -> TemplateMatrix:
         """Return every template of ``model_id``, optionally only those whose kind is in ``kinds``.
 
@@ -170,5 +184,13 @@ class GalleryStore(Protocol):
 
         Raises:
             ValueError: ``key`` is empty or ``value`` is not a string.
+        """
+        ...
+
+    async def delete_setting(self, key: str) -> bool:
+        """Delete the value stored under ``key``. Return True if one was stored, False otherwise.
+
+        Raises:
+            ValueError: ``key`` is empty.
         """
         ...

@@ -371,6 +371,46 @@ class SqliteGalleryStore:
         )
         return removed
 
+    # People of one owner: what a Telegram user enrolled, for the bot's /me and /forget.
+
+    async def people_of_owner(self, owner_id: int) -> list[PersonSummary]:
+        """Return the people owned by ``owner_id`` with counts over every model, oldest first."""
+        sql = f"""
+            SELECT {_PERSON_COLUMNS},
+                (SELECT count(*) FROM images WHERE images.person_id = people.id),
+                (SELECT count(*) FROM templates WHERE templates.person_id = people.id),
+                (SELECT count(*) FROM templates WHERE templates.person_id = people.id AND templates.kind = ?)
+            FROM people WHERE owner_id = ? ORDER BY id
+        """
+
+        async def read(connection: aiosqlite.Connection) -> list[PersonSummary]:
+            rows = await connection.execute_fetchall(sql, (SYNTHETIC, int(owner_id)))
+            return [PersonSummary(_person_from_row(row), row[6], row[7], row[8]) for row in rows]
+
+        return await self._read(read, action=f"list the people of owner {owner_id}")
+
+    async def remove_people_of_owner(self, owner_id: int) -> list[RemovedPerson]:
+        """Delete every person owned by ``owner_id`` with their images and templates, in one transaction."""
+
+        async def write(connection: aiosqlite.Connection) -> list[RemovedPerson]:
+            rows = await connection.execute_fetchall(
+                f"SELECT {_PERSON_COLUMNS} FROM people WHERE owner_id = ? ORDER BY id", (int(owner_id),)
+            )
+            removed = []
+            for row in rows:
+                person = _person_from_row(row)
+                image_count = await _count(connection, "SELECT count(*) FROM images WHERE person_id = ?", person.id)
+                template_count = await _count(
+                    connection, "SELECT count(*) FROM templates WHERE person_id = ?", person.id
+                )
+                await connection.execute("DELETE FROM people WHERE id = ?", (person.id,))
+                removed.append(RemovedPerson(person, image_count, template_count))
+            return removed
+
+        removed = await self._write(write, action=f"remove the people of owner {owner_id}")
+        logger.debug("Removed %s people of owner %s", len(removed), owner_id)
+        return removed
+
     # Templates.
 
     async def load_templates(self, model_id: str, *, kinds: Collection[str] | None = None) -> TemplateMatrix:
@@ -466,6 +506,18 @@ class SqliteGalleryStore:
 
         await self._write(write, action=f"store setting {key!r}")
         logger.debug("Stored setting %r", key)
+
+    async def delete_setting(self, key: str) -> bool:
+        """Delete the value stored under ``key``; return False if there was none."""
+        _validate_setting_key(key)
+
+        async def write(connection: aiosqlite.Connection) -> bool:
+            cursor = await connection.execute("DELETE FROM settings WHERE key = ?", (key,))
+            return cursor.rowcount > 0
+
+        deleted = await self._write(write, action=f"delete setting {key!r}")
+        logger.debug("Deleted setting %r: %s", key, deleted)
+        return deleted
 
     # Connection plumbing.
 

@@ -1,0 +1,117 @@
+"""The ``maskid calibrate`` subcommand: pick the match thresholds for a target false-positive rate.
+
+Photos of people who are not in the gallery (non-mated probes) are identified
+against the gallery. The mask detector sends each face to the masked or the
+unmasked rule, and each rule's threshold is set so that at most the target share
+of its faces would be matched to someone. The thresholds are stored in the
+gallery and used by every later ``identify``, in the CLI and the bot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from cli.commands import CommandResult, require_gallery
+from core.calibration import DEFAULT_TARGET_FPIR, Calibration, minimum_probes
+from core.errors import DatasetError
+from core.evaluation.identification import EmbeddingCache, analyse_photos, list_images, name_key
+from core.service import FaceService
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE_NAME = "embeddings.sqlite3"
+
+
+def add_calibrate_parser(subcommands: argparse._SubParsersAction) -> None:
+    """Register ``maskid calibrate``."""
+    parser = subcommands.add_parser(
+        "calibrate",
+        help="set the match thresholds from photos of people who are not enrolled",
+        description=(
+            "Identify every photo under the given folders against the gallery and store, for masked and for "
+            "unmasked faces, the lowest threshold at which at most --fpir of them would be matched. The photos "
+            "must show people who are not in the gallery: photos already enrolled, and photos in a folder named "
+            "like an enrolled person, are skipped."
+        ),
+    )
+    parser.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="photos of people who are not enrolled")
+    parser.add_argument(
+        "--fpir",
+        type=float,
+        default=DEFAULT_TARGET_FPIR,
+        help=f"target false-positive identification rate (default: {DEFAULT_TARGET_FPIR})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    parser.set_defaults(handler=calibrate)
+
+
+async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    """Identify the non-mated photos, pick the thresholds and store them in the gallery."""
+    if not 0.0 < args.fpir < 1.0:
+        raise DatasetError(f"--fpir must be between 0 and 1, got {args.fpir}; 0.01 means 1% of strangers matched")
+    require_gallery(settings)
+    paths = [path for folder in args.folders for path in list_images(folder, recursive=True)]
+    if not paths:
+        raise DatasetError(f"no photos under {', '.join(map(str, args.folders))}")
+
+    async with FaceService.from_settings(settings) as service:
+        paths, skipped = await _strangers_only(service, paths)
+        with EmbeddingCache(settings.cache_dir / "eval" / CACHE_FILE_NAME) as cache:
+            photos = analyse_photos(
+                service.pipeline,
+                paths,
+                max_image_bytes=settings.max_image_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                cache=cache,
+                show_progress=not args.json,
+            )
+        faces = [photo.face for photo in photos.values() if photo.face is not None]
+        if len(faces) < minimum_probes(args.fpir):
+            raise DatasetError(
+                f"only {len(faces)} of {len(paths)} photos have a face; FPIR {args.fpir} needs at least "
+                f"{minimum_probes(args.fpir)}. Add photos or raise --fpir."
+            )
+        calibration = await service.calibrate(faces, args.fpir)
+        thresholds = service.thresholds
+
+    lines = [
+        f"model     {calibration.model_id}",
+        f"photos    {len(paths)} used, {len(faces)} with a face, {skipped} skipped as enrolled people",
+        _kind_line("unmasked", calibration.unmasked, calibration.unmasked_probes, calibration.achieved_unmasked_fpir),
+        _kind_line("masked", calibration.masked, calibration.masked_probes, calibration.achieved_masked_fpir),
+        f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
+        f"masked {thresholds.masked:.4f} ({thresholds.masked_source})",
+    ]
+    return CommandResult("\n".join(lines), _json(calibration, skipped))
+
+
+async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list[Path], int]:
+    """Drop photos that are enrolled, or that sit in a folder named like an enrolled person."""
+    enrolled_hashes = await service.store.known_image_hashes(service.model_id, status="enrolled")
+    enrolled_names = {name_key(summary.person.name) for summary in await service.store.list_people()}
+    strangers = []
+    for path in paths:
+        if name_key(path.parent.name) in enrolled_names:
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() in enrolled_hashes:
+            continue
+        strangers.append(path)
+    skipped = len(paths) - len(strangers)
+    if skipped:
+        logger.warning("calibration skips %d photos of enrolled people", skipped)
+    return strangers, skipped
+
+
+def _kind_line(kind: str, threshold: float | None, probes: int, achieved: float | None) -> str:
+    if threshold is None:
+        return f"{kind:<9} {probes} faces, too few for this FPIR: threshold not changed"
+    return f"{kind:<9} {probes} faces, threshold {threshold:.4f} (FPIR on them {achieved:.4f})"
+
+
+def _json(calibration: Calibration, skipped: int) -> dict[str, Any]:
+    return {"skipped_enrolled": skipped, **dict(calibration.__dict__)}
