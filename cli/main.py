@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import calibrate_command, commands, eval_ident_command, mask_command, train_command
+from cli import bot_command, calibrate_command, commands, eval_ident_command, mask_command, train_command
 from core.errors import ConfigurationError, MaskidError
 from core.settings import Settings
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_command.add_calibrate_parser(subcommands)
     train_command.add_train_parser(subcommands)
 
+    bot_command.add_bot_parser(subcommands)
     return parser
 
 
