@@ -7,7 +7,7 @@ import logging
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import ContextTypes
 
-from bot.conversations import ForgetRequest, new_token
+from bot.conversations import ForgetRequest, claim_answer, new_token
 from bot.messaging import reply
 from bot.replies import forget_question_text, forgotten_text, me_text
 from bot.request_log import logged_request
@@ -61,22 +61,20 @@ async def forget_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 async def forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Handle the /forget buttons: delete the user's people, templates and consent, or cancel."""
     query = update.callback_query
-    confirmed = query.data.startswith(FORGET_YES)
-    token = query.data.removeprefix(FORGET_YES if confirmed else FORGET_NO)
     async with logged_request(update, "forget_confirm") as record:
         state = bot_state(context)
-        request = state.forget_requests.get(token)
-        if request is None:
-            record.outcome = "expired"
-            await query.answer("This question has expired. Send /forget again.", show_alert=True)
-            await query.edit_message_reply_markup(None)
+        answer = await claim_answer(
+            query,
+            state.forget_requests,
+            record,
+            yes_prefix=FORGET_YES,
+            no_prefix=FORGET_NO,
+            expired_text="This question has expired. Send /forget again.",
+            command="/forget",
+        )
+        if answer is None:
             return
-        if query.from_user.id != request.user_id:
-            record.outcome = "denied"
-            await query.answer("Only the user who sent /forget can answer this.", show_alert=True)
-            return
-        state.forget_requests.pop(token)
-        await query.answer()
+        request, confirmed = answer
 
         if not confirmed:
             record.outcome = "cancelled"

@@ -11,15 +11,25 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from telegram import CallbackQuery
 
 from bot.photos import PhotoRef
+from bot.request_log import RequestRecord
 from core.storage import Source
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+class _UserRequest(Protocol):
+    user_id: int
+
+
+R = TypeVar("R", bound=_UserRequest)
 
 # Entries kept before expired ones are swept on the next put.
 _SWEEP_AT = 1_000
@@ -139,3 +149,36 @@ class ExpiringMap(Generic[K, V]):
 def new_token() -> str:
     """Return a short random id for callback data, which Telegram limits to 64 bytes."""
     return secrets.token_urlsafe(9)
+
+
+async def claim_answer(
+    query: CallbackQuery,
+    pending: ExpiringMap[str, R],
+    record: RequestRecord,
+    *,
+    yes_prefix: str,
+    no_prefix: str,
+    expired_text: str,
+    command: str,
+) -> tuple[R, bool] | None:
+    """Take the pending request a yes/no button answers, or reply why it cannot be taken.
+
+    Returns the request and whether the answer was "yes". Returns None, with
+    ``record.outcome`` set, when the request has expired or another user pressed
+    the button; the request stays pending in the second case.
+    """
+    agreed = query.data.startswith(yes_prefix)
+    token = query.data.removeprefix(yes_prefix if agreed else no_prefix)
+    request = pending.get(token)
+    if request is None:
+        record.outcome = "expired"
+        await query.answer(expired_text, show_alert=True)
+        await query.edit_message_reply_markup(None)
+        return None
+    if query.from_user.id != request.user_id:
+        record.outcome = "denied"
+        await query.answer(f"Only the user who sent {command} can answer this.", show_alert=True)
+        return None
+    pending.pop(token)
+    await query.answer()
+    return request, agreed

@@ -17,7 +17,7 @@ from telegram.ext import ContextTypes
 from bot.access import NotAllowedError, enroll_target
 from bot.admission import admit_photo_request
 from bot.commands import ParsedCommand, parse_command
-from bot.conversations import AwaitedPhoto, ConsentRequest, EnrollTarget, new_token
+from bot.conversations import AwaitedPhoto, ConsentRequest, EnrollTarget, claim_answer, new_token
 from bot.messaging import chat_action, reply
 from bot.photos import PhotoRef, PhotoRejectedError, check_photo, download_photo, photo_of
 from bot.replies import BUSY, NO_FACE, consent_request_text, enrolled_text
@@ -173,22 +173,20 @@ async def store_enrollment(
 async def consent_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Handle the consent buttons: on "yes" record consent and enroll the held photo, on "no" drop it."""
     query = update.callback_query
-    agreed = query.data.startswith(CONSENT_YES)
-    token = query.data.removeprefix(CONSENT_YES if agreed else CONSENT_NO)
     async with logged_request(update, "consent") as record:
         state = bot_state(context)
-        request = state.consent_requests.get(token)
-        if request is None:
-            record.outcome = "expired"
-            await query.answer("This question has expired. Send /enroll with your photo again.", show_alert=True)
-            await query.edit_message_reply_markup(None)
+        answer = await claim_answer(
+            query,
+            state.consent_requests,
+            record,
+            yes_prefix=CONSENT_YES,
+            no_prefix=CONSENT_NO,
+            expired_text="This question has expired. Send /enroll with your photo again.",
+            command="/enroll",
+        )
+        if answer is None:
             return
-        if query.from_user.id != request.user_id:
-            record.outcome = "denied"
-            await query.answer("Only the user who sent /enroll can answer this.", show_alert=True)
-            return
-        state.consent_requests.pop(token)
-        await query.answer()
+        request, agreed = answer
 
         if not agreed:
             record.outcome = "consent_refused"

@@ -22,8 +22,8 @@ from core.calibration import calibrate, fpir
 from core.evaluation.identification import (
     EmbeddingCache,
     MaskAwareMatcher,
-    analyse_photos,
-    embed_masked_photos,
+    analyse_protocol,
+    build_searcher,
     standard_protocol,
 )
 from core.mask_detection import shipped_classifier
@@ -47,22 +47,12 @@ def main() -> None:
     protocol = standard_protocol(args.datasets)
     limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
 
-    gallery_paths = [path for paths in protocol.gallery.values() for path in paths]
-    stranger_paths = [path for probe_set in protocol.probe_sets for path in probe_set.non_mated]
     with EmbeddingCache(settings.cache_dir / "eval" / "embeddings.sqlite3") as cache:
-        photos = analyse_photos(pipeline, gallery_paths + stranger_paths, cache=cache, **limits)
-        gallery_photos = [photos[path] for path in gallery_paths]
-        synthetic = embed_masked_photos(pipeline, gallery_photos, matcher.synthetic_masks, cache=cache, **limits)
-
-    gallery = {
-        label: [photos[path].face for path in paths if photos[path].face] for label, paths in protocol.gallery.items()
-    }
-    synthetic_by_label = {
-        label: np.concatenate([synthetic[path] for path in paths if path in synthetic])
-        for label, paths in protocol.gallery.items()
-        if any(path in synthetic for path in paths)
-    }
-    searcher = matcher.build(gallery, synthetic_by_label)
+        photos, synthetic = analyse_protocol(
+            pipeline, protocol, synthetic_masks=matcher.synthetic_masks, cache=cache, **limits
+        )
+    searcher = build_searcher(protocol, photos, matcher, synthetic)
+    stranger_paths = [path for probe_set in protocol.probe_sets for path in probe_set.non_mated]
 
     scores = {False: [], True: []}
     for path in stranger_paths:

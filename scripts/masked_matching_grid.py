@@ -18,8 +18,7 @@ from pathlib import Path
 from core.evaluation.identification import (
     EmbeddingCache,
     MaskAwareMatcher,
-    analyse_photos,
-    embed_masked_photos,
+    analyse_protocol,
     score_protocol,
     standard_protocol,
 )
@@ -43,14 +42,8 @@ def main() -> None:
     protocol = standard_protocol(args.datasets)
     limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
 
-    paths = [path for paths in protocol.gallery.values() for path in paths]
-    for probe_set in protocol.probe_sets:
-        paths.extend(probe.path for probe in probe_set.mated)
-        paths.extend(probe_set.non_mated)
     with EmbeddingCache(settings.cache_dir / "eval" / "embeddings.sqlite3") as cache:
-        photos = analyse_photos(pipeline, paths, cache=cache, **limits)
-        gallery_photos = [photos[path] for paths in protocol.gallery.values() for path in paths]
-        synthetic = embed_masked_photos(pipeline, gallery_photos, max(args.masks), cache=cache, **limits)
+        photos, synthetic = analyse_protocol(pipeline, protocol, synthetic_masks=max(args.masks), cache=cache, **limits)
 
     print("masks  weight  masked rank-1  masked TPIR@1%  unmasked rank-1  unmasked TPIR@1%")
     for count in args.masks:

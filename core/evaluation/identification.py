@@ -961,6 +961,26 @@ class IdentificationEvaluation:
     failed: tuple[tuple[Path, str], ...] = ()
 
 
+def build_searcher(
+    protocol: IdentificationProtocol,
+    photos: Mapping[Path, AnalysedPhoto],
+    matcher: Matcher,
+    synthetic: Mapping[Path, np.ndarray] | None = None,
+) -> Searcher:
+    """Enroll the protocol's gallery photos that have a face, with their synthetic-mask descriptors, in ``matcher``."""
+    gallery_faces = {
+        label: [photos[path].face for path in paths if photos[path].face is not None]
+        for label, paths in protocol.gallery.items()
+    }
+    synthetic_by_label = {
+        label: np.concatenate([synthetic[path] for path in paths if path in synthetic])
+        for label, paths in protocol.gallery.items()
+        if synthetic is not None and any(path in synthetic for path in paths)
+    }
+    logger.info("gallery: %d people, %d templates", len(gallery_faces), sum(map(len, gallery_faces.values())))
+    return matcher.build(gallery_faces, synthetic_by_label)
+
+
 def score_protocol(
     protocol: IdentificationProtocol,
     photos: Mapping[Path, AnalysedPhoto],
@@ -981,23 +1001,8 @@ def score_protocol(
         KeyError: a photo of the protocol is missing from ``photos``.
     """
     matcher = matcher or PlainMatcher()
-    gallery_faces: dict[str, list[Face]] = {}
-    without_face = []
-    for label, paths in protocol.gallery.items():
-        gallery_faces[label] = []
-        for path in paths:
-            face = photos[path].face
-            if face is None:
-                without_face.append(path)
-            else:
-                gallery_faces[label].append(face)
-    synthetic_by_label = {
-        label: np.concatenate([synthetic[path] for path in paths if path in synthetic])
-        for label, paths in protocol.gallery.items()
-        if synthetic is not None and any(path in synthetic for path in paths)
-    }
-    searcher = matcher.build(gallery_faces, synthetic_by_label)
-    logger.info("gallery: %d people, %d templates", len(gallery_faces), sum(map(len, gallery_faces.values())))
+    searcher = build_searcher(protocol, photos, matcher, synthetic)
+    without_face = [path for paths in protocol.gallery.values() for path in paths if photos[path].face is None]
 
     results = tuple(
         _score_probe_set(probe_set, photos, searcher, target_fpirs, max_rank) for probe_set in protocol.probe_sets
@@ -1062,6 +1067,42 @@ def _score_probe_set(
     )
 
 
+def analyse_protocol(
+    pipeline: AnalysisPipeline,
+    protocol: IdentificationProtocol,
+    *,
+    synthetic_masks: int,
+    max_image_bytes: int,
+    max_image_pixels: int,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> tuple[dict[Path, AnalysedPhoto], dict[Path, np.ndarray] | None]:
+    """Find the main face of every photo of ``protocol``, and draw ``synthetic_masks`` masks on each gallery face.
+
+    Returns the analysed photos and the synthetic-mask descriptors per gallery photo
+    (None when ``synthetic_masks`` is 0).
+
+    Raises:
+        DatasetError: synthetic masks were requested from a pipeline that cannot draw them.
+    """
+    paths = [path for paths in protocol.gallery.values() for path in paths]
+    for probe_set in protocol.probe_sets:
+        paths.extend(probe.path for probe in probe_set.mated)
+        paths.extend(probe_set.non_mated)
+    limits = {"max_image_bytes": max_image_bytes, "max_image_pixels": max_image_pixels}
+    photos = analyse_photos(pipeline, paths, cache=cache, batch_size=batch_size, show_progress=show_progress, **limits)
+    if synthetic_masks == 0:
+        return photos, None
+    if not isinstance(pipeline, FacePipeline):
+        raise DatasetError(f"{synthetic_masks} synthetic masks requested, but only maskid's pipeline draws them")
+    gallery_photos = [photos[path] for paths in protocol.gallery.values() for path in paths]
+    synthetic = embed_masked_photos(
+        pipeline, gallery_photos, synthetic_masks, cache=cache, show_progress=show_progress, **limits
+    )
+    return photos, synthetic
+
+
 def evaluate_identification(
     pipeline: AnalysisPipeline,
     protocol: IdentificationProtocol,
@@ -1076,34 +1117,17 @@ def evaluate_identification(
     show_progress: bool = True,
 ) -> IdentificationEvaluation:
     """Analyse every photo of ``protocol`` with ``pipeline`` and score it with ``matcher`` (default plain)."""
-    paths = [path for paths in protocol.gallery.values() for path in paths]
-    for probe_set in protocol.probe_sets:
-        paths.extend(probe.path for probe in probe_set.mated)
-        paths.extend(probe_set.non_mated)
-    photos = analyse_photos(
+    matcher = matcher or PlainMatcher()
+    photos, synthetic = analyse_protocol(
         pipeline,
-        paths,
+        protocol,
+        synthetic_masks=matcher.synthetic_masks,
         max_image_bytes=max_image_bytes,
         max_image_pixels=max_image_pixels,
         cache=cache,
         batch_size=batch_size,
         show_progress=show_progress,
     )
-    matcher = matcher or PlainMatcher()
-    synthetic = None
-    if matcher.synthetic_masks > 0:
-        if not isinstance(pipeline, FacePipeline):
-            raise DatasetError(f"matcher {matcher.name!r} needs synthetic masks, which only maskid's pipeline draws")
-        gallery_photos = [photos[path] for paths in protocol.gallery.values() for path in paths]
-        synthetic = embed_masked_photos(
-            pipeline,
-            gallery_photos,
-            matcher.synthetic_masks,
-            max_image_bytes=max_image_bytes,
-            max_image_pixels=max_image_pixels,
-            cache=cache,
-            show_progress=show_progress,
-        )
     return score_protocol(
         protocol,
         photos,
