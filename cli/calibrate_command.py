@@ -73,8 +73,8 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
         faces = [photo.face for photo in photos.values() if photo.face is not None]
         if len(faces) < minimum_probes(args.fpir):
             raise DatasetError(
-                f"only {len(faces)} of {len(paths)} photos have a face; FPIR {args.fpir} needs at least "
-                f"{minimum_probes(args.fpir)}. Add photos or raise --fpir."
+                f"{len(faces)} faces found in {len(paths)} photos, but FPIR {args.fpir} needs at least "
+                f"{minimum_probes(args.fpir)} faces of people who are not enrolled. Add photos or raise --fpir."
             )
         calibration = await service.calibrate(faces, args.fpir)
         thresholds = service.thresholds
@@ -103,7 +103,7 @@ async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list
         strangers.append(path)
     skipped = len(paths) - len(strangers)
     if skipped:
-        logger.warning("calibration skips %d photos of enrolled people", skipped)
+        logger.info("calibration skips %d photos of enrolled people", skipped)
     return strangers, skipped
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.errors import DatasetError, InvalidImageError, NoFaceError, StorageError
 from core.evaluation.lfw import evaluate_pairs, read_pairs
-from core.gallery_build import build_gallery
+from core.gallery_build import build_gallery, person_name_from_folder
 from core.images import DecodedImage, load_image
 from core.pipeline import FacePipeline
 from core.service import FaceService, Identification, verify_images
@@ -84,6 +84,9 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
 
 
 async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    # Names follow the gallery build's rule, so `enroll Colin_Powell` adds to the person that
+    # `gallery build` created from the folder Colin_Powell.
+    name = person_name_from_folder(args.name)
     images = load_images(args.images, settings)
     service = FaceService.from_settings(settings)
     # Analyse every photo before the gallery is opened, so a photo without a face stores nothing.
@@ -93,7 +96,7 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
             raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
     async with service:
         results = [
-            await service.enroll(args.name, image, source="cli", faces=faces)
+            await service.enroll(name, image, source="cli", faces=faces)
             for image, faces in zip(images, analysed, strict=True)
         ]
 
@@ -117,12 +120,14 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
     require_gallery(settings)
     images = []
     errors = []
+    data: list[dict[str, Any]] = []
     for path in args.images:
         # A bad file fails the command, but the other photos are still identified.
         try:
             images.append(load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels))
         except InvalidImageError as exc:
             errors.append(str(exc))
+            data.append({"image": str(path), "error": str(exc), "faces": []})
     async with FaceService.from_settings(settings) as service:
         if len(service.index) == 0:
             logger.warning(
@@ -133,7 +138,6 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
         results = [await service.identify(image, top_k=args.top) for image in images]
 
     lines = []
-    data = []
     for image, identifications in zip(images, results, strict=True):
         if not identifications:
             errors.append(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")

@@ -71,12 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     enroll = subcommands.add_parser("enroll", help="add photos of one person to the gallery")
     enroll.add_argument("name", help="the person's name")
-    enroll.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    enroll.add_argument(
+        "images", type=Path, nargs="+", metavar="IMAGE", help="photos of that person; the main face of each is enrolled"
+    )
     enroll.add_argument("--json", action="store_true", help="print the result as JSON")
     enroll.set_defaults(handler=commands.enroll)
 
     identify = subcommands.add_parser("identify", help="name every face in photos")
-    identify.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    identify.add_argument(
+        "images", type=Path, nargs="+", metavar="IMAGE", help="photos to identify (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+    )
     identify.add_argument(
         "--top", type=positive_int, default=3, metavar="K", help="candidates shown per face (default: 3)"
     )

@@ -336,7 +336,15 @@ class FaceService:
         """
         people = await self.store.find_people(name)
         if not people:
-            raise PersonNotFoundError(f"no person named {name!r} in the gallery; `maskid people` lists them")
+            similar = sorted(
+                {
+                    summary.person.name
+                    for summary in await self.store.list_people()
+                    if _loose_name(summary.person.name) == _loose_name(name)
+                }
+            )
+            hint = f"did you mean {' or '.join(map(repr, similar))}?" if similar else "`maskid people` lists them"
+            raise PersonNotFoundError(f"no person named {name!r} in the gallery; {hint}")
         removed = []
         for person in people:
             removed.append(await self.store.remove_person(person.id))
@@ -393,6 +401,11 @@ def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedIm
         boxes=tuple(face.box for face in faces),
         faces_found=tuple(counts),
     )
+
+
+def _loose_name(name: str) -> str:
+    """Return ``name`` in lower case with underscores as spaces, for suggesting the name the user meant."""
+    return " ".join(name.replace("_", " ").casefold().split())
 
 
 def enrollment_templates(face: Face, masked: np.ndarray) -> list[NewTemplate]:

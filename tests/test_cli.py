@@ -432,7 +432,7 @@ def test_enroll_people_remove(
 ) -> None:
     photos = [lfw_photo(datasets_dir, "Alan_Greenspan", number) for number in (1, 2)]
 
-    enrolled = maskid("enroll", "Jane Doe", *photos)
+    enrolled = maskid("enroll", "Jane_Doe", *photos)  # underscores become spaces, as in gallery build
 
     assert enrolled.exit_code == 0, enrolled.stderr
     assert enrolled.stdout.splitlines() == [f"{photo}: enrolled as 'Jane Doe'" for photo in photos]
@@ -454,6 +454,11 @@ def test_enroll_people_remove(
     assert [(person["name"], person["source"], person["images"], person["templates"]) for person in people] == [
         ("Jane Doe", "cli", 2, 2 * TEMPLATES_PER_PHOTO)
     ]
+
+    misspelt = maskid_in_process("remove", "jane_doe")
+
+    assert misspelt.exit_code == 1
+    assert "no person named 'jane_doe' in the gallery; did you mean 'Jane Doe'?" in misspelt.stderr
 
     removed = maskid_in_process("remove", "Jane Doe")
 
@@ -689,3 +694,20 @@ def test_calibrate_rejects_fpir_outside_zero_one(maskid_in_process: MaskidRunner
 
     assert run.exit_code == 1
     assert "--fpir must be between 0 and 1, got 1.5" in run.stderr
+
+
+@pytest.mark.datasets
+def test_identify_json_lists_the_bad_file(
+    maskid_in_process: MaskidRunner, gallery_db: Path, tmp_path: Path, datasets_dir: Path
+) -> None:
+    good = lfw_photo(datasets_dir, "Alan_Greenspan", HELD_OUT)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+
+    run = maskid_in_process("identify", "--json", good, bad)
+    results = {item["image"]: item for item in run.json()}
+
+    assert run.exit_code == 1
+    assert results[str(bad)]["faces"] == []
+    assert "not a supported image" in results[str(bad)]["error"]
+    assert results[str(good)]["faces"][0]["name"] == "Alan Greenspan"

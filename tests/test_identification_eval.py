@@ -779,3 +779,16 @@ async def test_cli_handler_end_to_end(
     assert (out / "cmc.png").read_bytes().startswith(PNG_SIGNATURE)
     assert (out / "det.png").read_bytes().startswith(PNG_SIGNATURE)
     assert (root / "cache" / "embeddings.sqlite3").is_file()
+
+
+def test_list_images_follows_symlinked_folders_once(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    touch_images(real / "batch", ["a.jpg", "b.png"])
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "linked").symlink_to(real / "batch", target_is_directory=True)
+    (real / "batch" / "loop").symlink_to(real, target_is_directory=True)
+
+    found = list_images(tree, recursive=True)
+
+    assert [path.name for path in found] == ["a.jpg", "b.png"]

@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,12 +136,15 @@ def name_key(name: str) -> str:
 def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """Return the image files in ``folder`` sorted by path, skipping hidden files and other suffixes.
 
+    With ``recursive``, symlinked folders are followed, each real folder once, so a tree
+    of links to other datasets works and a link loop ends.
+
     Raises:
         DatasetError: ``folder`` is not a directory.
     """
     if not folder.is_dir():
         raise DatasetError(f"image folder {folder} not found")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    candidates = _walk_files(folder) if recursive else folder.iterdir()
     return sorted(
         path
         for path in candidates
@@ -148,6 +152,18 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
         and path.is_file()
     )
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Yield every file below ``folder``, following symlinked folders and visiting each real folder once."""
+    seen: set[str] = set()
+    for current, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        yield from (Path(current) / name for name in files)
 
 
 def person_folders(root: Path) -> list[Path]:
