@@ -220,3 +220,9 @@ def test_large_photo_without_a_face_is_not_taken_whole(detector: FaceDetector) -
     noise = np.random.default_rng(0).integers(0, 256, size=(1200, 900, 3), dtype=np.uint8)
 
     assert detector.detect(noise) == []
+
+
+def test_noise_photo_is_not_taken_whole(detector: FaceDetector) -> None:
+    noise = np.random.default_rng(1).integers(0, 256, size=(600, 500, 3), dtype=np.uint8)
+
+    assert detector.detect(noise) == []
