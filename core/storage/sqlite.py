@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -530,8 +531,7 @@ class SqliteGalleryStore:
 
     async def _configure(self, connection: aiosqlite.Connection) -> None:
         try:
-            cursor = await connection.execute("PRAGMA journal_mode = WAL")
-            journal_mode = (await cursor.fetchone())[0]
+            journal_mode = await self._enable_wal(connection)
             await connection.execute("PRAGMA foreign_keys = ON")
             cursor = await connection.execute("PRAGMA foreign_keys")
             foreign_keys = (await cursor.fetchone())[0]
@@ -554,11 +554,29 @@ class SqliteGalleryStore:
                 "which maskid needs to delete a person's templates with them"
             )
 
+    async def _enable_wal(self, connection: aiosqlite.Connection) -> str:
+        """Switch the file to WAL mode and return the journal mode in force.
+
+        When several processes open a new file together, SQLite 3.40 sometimes returned
+        "database is locked" for this switch at once, without waiting for the busy timeout.
+        The switch is therefore retried until the busy timeout has passed.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                cursor = await connection.execute("PRAGMA journal_mode = WAL")
+                return (await cursor.fetchone())[0]
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    raise
+                logger.debug("Switching gallery database %s to WAL failed (%s); retrying", self._path, exc)
+                await asyncio.sleep(_RETRY_DELAY_S)
+
     async def _migrate(self) -> int:
         """Apply pending migrations, one transaction each, and return the final schema version."""
-        version = await self._read(_fetch_user_version, action="read the schema version")
+        version, has_user_tables = await self._read(_fetch_schema_state, action="read the schema version")
         pending = schema.pending_migrations(version, self._path)
-        if version == 0 and await self._read(_has_user_tables, action="inspect the schema"):
+        if version == 0 and has_user_tables:
             raise StorageError(
                 f"{self._path} is a SQLite database with tables but without a maskid schema version, "
                 f"so it was not created by maskid; {_PATH_HINT}"
@@ -730,9 +748,19 @@ async def _fetch_user_version(connection: aiosqlite.Connection) -> int:
     return (await cursor.fetchone())[0]
 
 
-async def _has_user_tables(connection: aiosqlite.Connection) -> bool:
-    cursor = await connection.execute("SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
-    return (await cursor.fetchone())[0] > 0
+async def _fetch_schema_state(connection: aiosqlite.Connection) -> tuple[int, bool]:
+    """Return the schema version and whether any table or index exists.
+
+    One statement reads both from one snapshot. Two separate reads could see version 0 and
+    then the tables that another process's first migration committed in between, which
+    looks like a database that maskid did not create.
+    """
+    cursor = await connection.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version),"
+        " EXISTS (SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\')"
+    )
+    version, has_user_tables = await cursor.fetchone()
+    return version, bool(has_user_tables)
 
 
 async def _apply_migration(connection: aiosqlite.Connection, migration: schema.Migration) -> bool:
