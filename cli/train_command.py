@@ -2,6 +2,8 @@
 
 ``maskid train mask-detector`` fits the mask classifier on a folder-per-person
 dataset with synthetic masks and validates it on real masked and unmasked photos.
+``maskid train siamese`` (see :mod:`cli.train_siamese`) fine-tunes FaceNet's last
+layers as a twin network on masked and unmasked crops.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from pathlib import Path
 
 from cli.commands import CommandResult
+from cli.train_siamese import add_siamese_parser
 from core.errors import DatasetError
 from core.evaluation.identification import EmbeddingCache, analyse_photos
 from core.evaluation.mask_detection import (
@@ -68,6 +71,7 @@ def add_train_parser(subcommands: argparse._SubParsersAction) -> None:
     detector.add_argument("--no-validation", action="store_true", help="skip the validation on real masked photos")
     detector.add_argument("--json", action="store_true", help="print the result as JSON")
     detector.set_defaults(handler=train_mask_detector)
+    add_siamese_parser(train)
 
 
 async def train_mask_detector(args: argparse.Namespace, settings: Settings) -> CommandResult:
