@@ -43,23 +43,31 @@ def check_token(token: str | None) -> str:
 
 
 class RedactTokenFilter(logging.Filter):
-    """Replace the bot token in a record's message and traceback with :data:`REDACTED`."""
+    """Replace the bot token in a record's message and traceback with :data:`REDACTED`.
+
+    The token is also matched as it appears in request URLs, with its colon percent-encoded.
+    """
 
     def __init__(self, token: str) -> None:
         super().__init__()
-        self._token = token
+        self._forms = (token, token.replace(":", "%3A"), token.replace(":", "%3a"))
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if self._token in message:
-            record.msg = message.replace(self._token, REDACTED)
+        if any(form in message for form in self._forms):
+            record.msg = self._redact(message)
             record.args = None
         if record.exc_info and not record.exc_text:
             # Handlers reuse exc_text instead of formatting the traceback again.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and self._token in record.exc_text:
-            record.exc_text = record.exc_text.replace(self._token, REDACTED)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
+
+    def _redact(self, text: str) -> str:
+        for form in self._forms:
+            text = text.replace(form, REDACTED)
+        return text
 
 
 def install_token_redaction(token: str) -> Callable[[], None]:

@@ -78,6 +78,22 @@ def test_redaction_filter_hides_token_in_message_and_traceback() -> None:
     assert f"/bot{REDACTED}/getUpdates" in output
 
 
+def test_redaction_filter_hides_percent_encoded_token() -> None:
+    record = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        "HTTP Request: POST %s",
+        (f"https://x/bot{TOKEN.replace(':', '%3A')}/getMe",),
+        None,
+    )
+
+    RedactTokenFilter(TOKEN).filter(record)
+
+    assert record.getMessage() == f"HTTP Request: POST https://x/bot{REDACTED}/getMe"
+
+
 # Rate limit and workload bound.
 
 
