@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,3 +20,18 @@ def cli_environment(db: Path, cache_dir: Path) -> dict[str, str]:
     environment["MASKID_TORCH_THREADS"] = "1"
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     return environment
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """Exit status and output of one ``maskid`` command."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+MaskidRunner = Callable[..., CliRun]

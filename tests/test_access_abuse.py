@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fake_bot_api import TOKEN, ApiCall, FakeBotApi, group_chat, make_user, private_chat
-from telegram import Update
-from telegram.ext import Application
+from bot_harness import Harness, HarnessFactory, make_harness_factory
+from fake_bot_api import TOKEN, group_chat, make_user, private_chat
 
-from bot.app import build_application
 from bot.bot_token import install_token_redaction
 from bot.runner import _QUIET_LOGGERS, start_receiving
-from bot.state import STATE_KEY, BotState
 from cli.main import main
 from core.images import load_image
 from core.pipeline import Face, FacePipeline
@@ -67,72 +64,10 @@ def table_counts(db_path: Path) -> dict[str, int]:
     return {table: query_rows(db_path, f"SELECT count(*) FROM {table}")[0][0] for table in ("people", "templates")}
 
 
-# A bot Application wired to a fake Bot API server, as in test_bot_handlers.py.
-
-
-@dataclass
-class Harness:
-    api: FakeBotApi
-    application: Application
-    service: FaceService
-    db_path: Path
-
-    @property
-    def state(self) -> BotState:
-        return self.application.bot_data[STATE_KEY]
-
-    async def process(self, update: dict[str, Any]) -> None:
-        await self.application.process_update(Update.de_json(update, self.application.bot))
-
-    async def send(self, chat: dict[str, Any], user: dict[str, Any], **content: Any) -> dict[str, Any]:
-        message = self.api.build_message(chat, user, **content)
-        await self.process(self.api.add_update({"message": message}, queue=False))
-        return message
-
-    async def press(self, user: dict[str, Any], bot_message: dict[str, Any], data: str) -> None:
-        await self.process(self.api.add_update(self.api.build_button_press(user, bot_message, data), queue=False))
-
-    def replies(self, message: dict[str, Any]) -> list[ApiCall]:
-        return [
-            call
-            for call in self.api.calls()
-            if call.method in ("sendMessage", "sendPhoto")
-            and call.chat_id == message["chat"]["id"]
-            and call.reply_to == message["message_id"]
-        ]
-
-    def reply(self, message: dict[str, Any]) -> ApiCall:
-        replies = self.replies(message)
-        assert len(replies) == 1, f"expected one reply, got {[call.text for call in replies]}"
-        return replies[0]
-
-
-HarnessFactory = Callable[..., contextlib.AbstractAsyncContextManager[Harness]]
-
-
 @pytest.fixture
 def harness_factory(tmp_path: Path, model_cache_dir: Path, pipeline: FacePipeline) -> HarnessFactory:
     """Return ``make(**settings_overrides)``, an async context manager that yields a started :class:`Harness`."""
-
-    @contextlib.asynccontextmanager
-    async def make(**overrides: Any) -> AsyncIterator[Harness]:
-        with FakeBotApi() as api:
-            settings = Settings(
-                db_path=tmp_path / "bot.sqlite3",
-                cache_dir=model_cache_dir,
-                telegram_token=TOKEN,
-                telegram_api_base_url=api.base_url,
-                telegram_api_file_url=api.file_url,
-                telegram_admin_ids=(ADMIN["id"],),
-                **overrides,
-            )
-            service = FaceService(settings, SqliteGalleryStore.from_settings(settings), pipeline, workers=1)
-            async with service:
-                application = build_application(settings, service, TOKEN)
-                async with application:
-                    yield Harness(api, application, service, settings.db_path)
-
-    return make
+    return make_harness_factory(tmp_path / "bot.sqlite3", model_cache_dir, pipeline, admin_ids=(ADMIN["id"],))
 
 
 @pytest.fixture

@@ -8,34 +8,27 @@ test reads the bot's replies from the fake server as soon as the handler returns
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fake_bot_api import TOKEN, ApiCall, FakeBotApi, FileRef, group_chat, make_user, private_chat
+from bot_harness import Harness, HarnessFactory, jpeg_bytes, make_harness_factory
+from fake_bot_api import group_chat, make_user, private_chat
 from PIL import Image
-from telegram import Update
-from telegram.ext import Application
 
-from bot.app import build_application
 from bot.replies import BUSY, ERROR, IDENTIFY_USAGE, NO_FACE
 from bot.runner import start_receiving
-from bot.state import STATE_KEY, BotState
+from bot.state import STATE_KEY
 from core.images import load_image
 from core.pipeline import FacePipeline
-from core.service import FaceService
-from core.settings import Settings
-from core.storage import SqliteGalleryStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,88 +38,10 @@ GRACE = make_user(602, "Grace", "Hopper")
 GROUP = group_chat(-1001, "lab")
 
 
-def jpeg_bytes(width: int = 320, height: int = 240) -> bytes:
-    """A plain gray JPEG without a face."""
-    output = io.BytesIO()
-    Image.new("RGB", (width, height), (128, 128, 128)).save(output, format="JPEG")
-    return output.getvalue()
-
-
-@dataclass
-class Harness:
-    """The bot's Application wired to a fake Bot API server, driven update by update."""
-
-    api: FakeBotApi
-    application: Application
-    service: FaceService
-
-    @property
-    def state(self) -> BotState:
-        return self.application.bot_data[STATE_KEY]
-
-    async def process(self, update: dict[str, Any]) -> None:
-        await self.application.process_update(Update.de_json(update, self.application.bot))
-
-    async def send(self, chat: dict[str, Any], user: dict[str, Any], **content: Any) -> dict[str, Any]:
-        """Hand the bot a message and wait until its handler has finished; return the message."""
-        message = self.api.build_message(chat, user, **content)
-        await self.process(self.api.add_update({"message": message}, queue=False))
-        return message
-
-    def send_later(self, chat: dict[str, Any], user: dict[str, Any], **content: Any) -> tuple[dict, asyncio.Task]:
-        """Hand the bot a message in a background task, as concurrent updates are handled."""
-        message = self.api.build_message(chat, user, **content)
-        update = self.api.add_update({"message": message}, queue=False)
-        return message, asyncio.create_task(self.process(update))
-
-    async def press(self, user: dict[str, Any], bot_message: dict[str, Any], data: str) -> None:
-        await self.process(self.api.add_update(self.api.build_button_press(user, bot_message, data), queue=False))
-
-    def replies(self, message: dict[str, Any]) -> list[ApiCall]:
-        chat_id = message["chat"]["id"]
-        return [
-            call
-            for call in self.api.calls()
-            if call.method in ("sendMessage", "sendPhoto")
-            and call.chat_id == chat_id
-            and call.reply_to == message["message_id"]
-        ]
-
-    def reply(self, message: dict[str, Any]) -> ApiCall:
-        replies = self.replies(message)
-        assert len(replies) == 1, f"expected one reply, got {[call.text for call in replies]}"
-        return replies[0]
-
-    def photo(self, data: bytes | None = None, **options: Any) -> FileRef:
-        return self.api.add_file(jpeg_bytes() if data is None else data, **options)
-
-
-HarnessFactory = Callable[..., contextlib.AbstractAsyncContextManager[Harness]]
-
-
 @pytest.fixture
 def harness_factory(tmp_path: Path, model_cache_dir: Path, pipeline: FacePipeline) -> HarnessFactory:
     """Return ``make(**settings_overrides)``, an async context manager that yields a started :class:`Harness`."""
-
-    @contextlib.asynccontextmanager
-    async def make(**overrides: Any) -> AsyncIterator[Harness]:
-        with FakeBotApi() as api:
-            settings = Settings(
-                db_path=tmp_path / "bot.sqlite3",
-                cache_dir=model_cache_dir,
-                telegram_token=TOKEN,
-                telegram_api_base_url=api.base_url,
-                telegram_api_file_url=api.file_url,
-                telegram_admin_ids=(ADMIN["id"],),
-                **overrides,
-            )
-            service = FaceService(settings, SqliteGalleryStore.from_settings(settings), pipeline, workers=1)
-            async with service:
-                application = build_application(settings, service, TOKEN)
-                async with application:
-                    yield Harness(api, application, service)
-
-    return make
+    return make_harness_factory(tmp_path / "bot.sqlite3", model_cache_dir, pipeline, admin_ids=(ADMIN["id"],))
 
 
 @pytest.fixture

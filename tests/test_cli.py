@@ -12,20 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from cli_environment import cli_environment
+from cli_environment import CliRun, MaskidRunner, cli_environment
 from PIL import Image
 
 from cli.main import main
@@ -60,21 +56,6 @@ PAIRS = (
 )
 
 BAD_INPUTS = ("text-file", "empty-file", "truncated-jpeg")
-
-
-@dataclass(frozen=True)
-class CliRun:
-    """Exit status and output of one ``maskid`` command."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-MaskidRunner = Callable[..., CliRun]
 
 
 # Photos, trees and databases.

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import sqlite3
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_environment import CliRun, MaskidRunner
 from test_gallery_build import lfw_photo
 
 from cli.main import main
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RUNNING_AS_ROOT = os.geteuid() == 0
 NESTING_DEPTH = 1100  # over Python's default recursion limit of 1000
-
-
-@dataclass(frozen=True)
-class CliRun:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict:
-        return json.loads(self.stdout)
-
-
-MaskidRunner = Callable[..., CliRun]
 
 
 @pytest.fixture
