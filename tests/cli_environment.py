@@ -35,3 +35,31 @@ class CliRun:
 
 
 MaskidRunner = Callable[..., CliRun]
+
+
+def in_process_runner(
+    db: Path, cache_dir: Path, workdir: Path, pipeline: Any, monkeypatch: Any, capsys: Any
+) -> MaskidRunner:
+    """Return a runner of ``cli.main.main(ARGS)`` in this process, against ``db``, with ``pipeline`` as the model.
+
+    ``monkeypatch`` and ``capsys`` are pytest's fixtures; the environment loses its MASKID_*
+    settings and the working folder becomes ``workdir`` for the test.
+    """
+    from cli.main import main
+    from core.pipeline import FacePipeline
+
+    for name in list(os.environ):
+        if name.startswith("MASKID_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MASKID_DB", str(db))
+    monkeypatch.setenv("MASKID_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(FacePipeline, "from_settings", classmethod(lambda cls, settings, **kwargs: pipeline))
+
+    def run(*args: object) -> CliRun:
+        capsys.readouterr()
+        exit_code = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return CliRun(exit_code, captured.out, captured.err)
+
+    return run

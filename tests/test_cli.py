@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import re
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_environment import CliRun, MaskidRunner, cli_environment
+from cli_environment import CliRun, MaskidRunner, cli_environment, in_process_runner
 from PIL import Image
 
 from cli.main import main
@@ -170,21 +169,7 @@ def maskid_in_process(
     capsys: pytest.CaptureFixture[str],
 ) -> MaskidRunner:
     """Run ``cli.main.main(ARGS)`` in this process with the session pipeline, against ``db_path``."""
-    for name in list(os.environ):
-        if name.startswith("MASKID_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MASKID_DB", str(db_path))
-    monkeypatch.setenv("MASKID_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(FacePipeline, "from_settings", classmethod(lambda cls, settings, **kwargs: pipeline))
-
-    def run(*args: object) -> CliRun:
-        capsys.readouterr()
-        exit_code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return CliRun(exit_code, captured.out, captured.err)
-
-    return run
+    return in_process_runner(db_path, model_cache_dir, tmp_path, pipeline, monkeypatch, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_environment import CliRun, MaskidRunner
+from cli_environment import MaskidRunner, in_process_runner
 from test_gallery_build import lfw_photo
 
-from cli.main import main
 from core.errors import DatasetError
 from core.gallery_build import BuildSummary, printable_path, scan_dataset
 from core.pipeline import FacePipeline
@@ -41,21 +40,7 @@ def maskid(
     capsys: pytest.CaptureFixture[str],
 ) -> MaskidRunner:
     """Run ``cli.main.main(ARGS)`` in this process with the session pipeline, against ``tmp_path/gallery.sqlite3``."""
-    for name in list(os.environ):
-        if name.startswith("MASKID_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MASKID_DB", str(tmp_path / "gallery.sqlite3"))
-    monkeypatch.setenv("MASKID_CACHE_DIR", str(model_cache_dir))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(FacePipeline, "from_settings", classmethod(lambda cls, settings, **kwargs: pipeline))
-
-    def run(*args: object) -> CliRun:
-        capsys.readouterr()
-        exit_code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return CliRun(exit_code, captured.out, captured.err)
-
-    return run
+    return in_process_runner(tmp_path / "gallery.sqlite3", model_cache_dir, tmp_path, pipeline, monkeypatch, capsys)
 
 
 def make_folders(folder: bytes) -> None:
