@@ -161,7 +161,7 @@ async def claim_answer(
     expired_text: str,
     command: str,
 ) -> tuple[R, bool] | None:
-    """Take the pending request a yes/no button answers, or reply why it cannot be taken.
+    """Take the pending request that a yes/no button responds to, or reply why it cannot be taken.
 
     Returns the request and whether the answer was "yes". Returns None, with
     ``record.outcome`` set, when the request has expired or another user pressed

@@ -44,8 +44,8 @@ CROP_MIN_CONTRAST = 12.0  # standard deviation of the grey levels
 # Share of that contrast left after a 3x3 box blur at O-Net's 48x48 input: face crops keep
 # 0.75 and more, noise keeps about 0.4.
 CROP_MIN_SMOOTHNESS = 0.6
-# Where the five landmarks of a tight, frontal face crop usually sit, as fractions of
-# its width and height; used when O-Net's own landmarks are not trustworthy.
+# Typical positions of the five landmarks in a tight, frontal face crop, as fractions of
+# its width and height. They replace O-Net's landmarks when O-Net rejected the crop.
 CROP_LANDMARKS = np.array([[0.32, 0.42], [0.68, 0.42], [0.5, 0.6], [0.36, 0.76], [0.64, 0.76]], dtype=np.float32)
 ONET_INPUT_SIZE = 48
 
@@ -97,7 +97,7 @@ class FaceDetector:
         whole_image_fallback: when the retry finds nothing either and the photo has a
             portrait-crop shape, take the whole photo as one face (method ``"whole-image"``)
             if MTCNN's O-Net accepts it or if it is a small, non-flat photo.
-        crop_max_side: the longest side, in pixels, of a photo taken as a face crop
+        crop_max_side: the maximum longer side, in pixels, of a photo taken as a face crop
             without O-Net's approval.
     """
 

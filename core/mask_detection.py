@@ -121,7 +121,7 @@ def train_mask_classifier(
     l2: float = DEFAULT_L2,
     iterations: int = 50,
 ) -> MaskClassifier:
-    """Fit a logistic regression that tells masked from unmasked faces by their features (Newton's method).
+    """Fit a logistic regression that separates masked from unmasked faces by their features (Newton's method).
 
     Features are standardised first. Both classes weigh the same in the loss, whatever their counts.
 

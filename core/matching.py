@@ -268,7 +268,7 @@ def _max_per_slot(
     best_row = np.zeros(slots, dtype=np.int64)
     positions = np.flatnonzero(selected)
     if len(positions):
-        # Sort by slot, then score; the last row of each slot's run holds its maximum.
+        # Sort by slot, then score; the last row of each slot's run is its maximum.
         ordered = positions[np.lexsort((scores[positions], slot[positions]))]
         ordered_slots = slot[ordered]
         last = np.flatnonzero(np.append(ordered_slots[1:] != ordered_slots[:-1], True))

@@ -308,7 +308,7 @@ class FaceService:
         """Pick and store each probe kind's threshold from ``faces`` of people who are not enrolled.
 
         Each face is routed by the mask detector as :meth:`identify_face` would route it,
-        so each threshold reaches ``target_fpir`` on the faces its rule sees.
+        so each threshold reaches ``target_fpir`` on the faces its rule scores.
         """
         scores: dict[bool, list[float]] = {False: [], True: []}
         for face in faces:

@@ -1,7 +1,7 @@
 """Access and abuse rules: who may delete or enroll what, what each chat can see, webhook secrets, SQL and logs.
 
 The enrollment, deletion and chat-scope tests check outcomes against the database file
-itself, through a separate ``sqlite3`` connection, so a rule that only holds in memory fails
+itself, through a separate ``sqlite3`` connection, so a rule that is kept only in memory fails
 here. ``docs/reliability.md`` lists these rules, with the tests in other files that already
 prove some of them.
 """

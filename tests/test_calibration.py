@@ -31,7 +31,7 @@ def test_threshold_lets_through_at_most_the_target_share() -> None:
     assert fpir(scores, threshold) == pytest.approx(0.2)
 
 
-def test_threshold_excludes_tied_scores_that_would_exceed_the_target() -> None:
+def test_threshold_excludes_tied_scores() -> None:
     scores = np.array([0.9, 0.5, 0.5, 0.5, 0.1])
 
     threshold = threshold_for_fpir(scores, 0.4)
@@ -62,7 +62,7 @@ def test_calibration_reaches_the_target_on_held_back_probes() -> None:
     assert calibration.masked > calibration.unmasked
 
 
-def test_calibration_leaves_a_kind_with_too_few_probes_uncalibrated() -> None:
+def test_calibration_skips_kind_with_few_probes() -> None:
     calibration = calibrate(MODEL, np.linspace(0, 0.5, 150), np.linspace(0, 0.5, 20), target_fpir=0.01)
 
     assert calibration.unmasked is not None

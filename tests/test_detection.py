@@ -203,7 +203,7 @@ def test_detect_photo_smaller_than_min_face_size(datasets_dir: Path) -> None:
 
 
 @pytest.mark.datasets
-def test_masked_crop_that_o_net_rejects_is_taken_whole(detector: FaceDetector, datasets_dir: Path) -> None:
+def test_rejected_masked_crop_taken_whole(detector: FaceDetector, datasets_dir: Path) -> None:
     # A real masked face crop that neither MTCNN pass finds and O-Net scores below 0.5.
     pixels = load_pixels(datasets_dir / "rof" / "masked" / "naomi_osaka" / "000045.jpg")
 
@@ -216,7 +216,7 @@ def test_masked_crop_that_o_net_rejects_is_taken_whole(detector: FaceDetector, d
     assert eyes[:, 1].max() < mouth[:, 1].min()
 
 
-def test_large_photo_without_a_face_is_not_taken_whole(detector: FaceDetector) -> None:
+def test_large_faceless_photo_not_taken_whole(detector: FaceDetector) -> None:
     noise = np.random.default_rng(0).integers(0, 256, size=(1200, 900, 3), dtype=np.uint8)
 
     assert detector.detect(noise) == []

@@ -260,8 +260,8 @@ def test_plain_matcher_ranks_every_person() -> None:
     assert ranked[0][1] == pytest.approx(float(unit(1, 0.1) @ unit(1, 0.2)), abs=1e-6)
 
 
-def test_mask_aware_matcher_routes_by_mask_and_fuses_synthetic_templates() -> None:
-    # Features say "masked" when their first value is positive.
+def test_mask_aware_matcher_routing_and_fusion() -> None:
+    # The classifier calls a probe masked when the first of its features is positive.
     classifier = MaskClassifier("m", np.array([50.0, 0.0]), 0.0, np.zeros(2), np.ones(2))
     gallery = {"alice": [face(1, 0, 0)], "bob": [face(0, 1, 0)]}
     synthetic = {"alice": unit(0, 0, 1)[None], "bob": unit(0, 0.2, 1)[None]}
@@ -272,7 +272,8 @@ def test_mask_aware_matcher_routes_by_mask_and_fuses_synthetic_templates() -> No
     masked_ranked = searcher.search(masked_probe, 5)
     unmasked_ranked = searcher.search(unmasked_probe, 5)
 
-    assert searcher.is_masked(masked_probe) and not searcher.is_masked(unmasked_probe)
+    assert searcher.is_masked(masked_probe)
+    assert not searcher.is_masked(unmasked_probe)
     probe = unit(0.1, 0.1, 1)
     expected_bob = 0.5 * float(probe @ unit(0, 0.2, 1)) + 0.5 * float(probe @ unit(0, 1, 0))
     assert masked_ranked[0] == ("bob", pytest.approx(expected_bob, abs=1e-6))

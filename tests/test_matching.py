@@ -284,4 +284,5 @@ def test_search_masked_respects_chat_scope() -> None:
 
     assert {c.person_id for c in index.search_masked(vectors[3], k=5, chat_id=-200)} == {1}
     found = index.search_masked(vectors[3], k=5, chat_id=-100)
-    assert found[0].person_id == 2 and found[0].template_id == 4
+    assert found[0].person_id == 2
+    assert found[0].template_id == 4

@@ -73,7 +73,7 @@ async def test_synthetic_templates_go_with_their_source(
         assert len(service.index) == 0
 
 
-async def test_identify_reports_the_mask_and_uses_the_masked_rule(
+async def test_identify_masked_probe_rule(
     settings: Settings, pipeline: FacePipeline, datasets_dir: Path, one_torch_thread: None
 ) -> None:
     masked_folder = sorted((datasets_dir / "rof" / "masked").iterdir())[0]

@@ -608,7 +608,7 @@ class MaskAwareSearcher:
 
 
 class AnalysisPipeline(Protocol):
-    """What the benchmark needs of a pipeline: :class:`core.pipeline.FacePipeline` or a reference recipe."""
+    """Pipeline interface of the benchmark, met by :class:`core.pipeline.FacePipeline` and the reference recipe."""
 
     detector: object
 
