@@ -27,6 +27,10 @@ DEFAULT_SYNTHETIC_WEIGHT = 0.7
 # a person rarely has more templates than this among the top scores.
 _SCAN_FACTOR = 64
 
+# A search restricted to fewer than 1 / _SUBSET_COPY_SHARE of the templates copies those rows
+# and scores them. A larger share is cheaper to score in place with the rest.
+_SUBSET_COPY_SHARE = 4
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -158,8 +162,13 @@ class TemplateIndex:
         rows = self._rows(chat_id, synthetic)
         if len(self) == 0 or (rows is not None and len(rows) == 0):
             return []
-        vectors = self._vectors if rows is None else self._vectors[rows]
-        scores = vectors @ probe
+        if rows is None:
+            scores = self._vectors @ probe
+        elif len(rows) * _SUBSET_COPY_SHARE < len(self):
+            scores = self._vectors[rows] @ probe
+        else:
+            # Scoring every template and then selecting is cheaper than copying most of the matrix.
+            scores = (self._vectors @ probe)[rows]
         candidates = self._top_people(scores, rows, k, min(len(scores), k * _SCAN_FACTOR))
         if len(candidates) < k and len(scores) > k * _SCAN_FACTOR:
             candidates = self._top_people(scores, rows, k, len(scores))

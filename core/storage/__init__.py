@@ -22,6 +22,8 @@ from core.storage.records import (
     PersonSummary,
     RemovedPerson,
     Source,
+    StoredImage,
+    TemplateFingerprint,
     TemplateKind,
     TemplateMatrix,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "RemovedPerson",
     "Source",
     "SqliteGalleryStore",
+    "StoredImage",
+    "TemplateFingerprint",
     "TemplateKind",
     "TemplateMatrix",
 ]

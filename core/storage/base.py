@@ -8,7 +8,7 @@ without changes there. A backend checks input with the ``validate_*`` functions 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -21,6 +21,8 @@ from core.storage.records import (
     PersonSummary,
     RemovedPerson,
     Source,
+    StoredImage,
+    TemplateFingerprint,
     TemplateMatrix,
 )
 
@@ -165,6 +167,25 @@ class GalleryStore(Protocol):
         Raises:
             PersonNotFoundError: No person has that id.
         """
+        ...
+
+    async def enrolled_images(self, model_id: str) -> list[StoredImage]:
+        """Return every image enrolled under ``model_id``, in id order, with its person and chat."""
+        ...
+
+    def iter_templates(self, model_id: str, *, batch_size: int = 65536) -> AsyncIterator[TemplateMatrix]:
+        """Yield every template of ``model_id`` in ascending id order, ``batch_size`` rows at a time.
+
+        Each batch is shaped like :meth:`load_templates`. The whole gallery is never held in
+        memory at once, which a search index built from a million templates needs.
+
+        Raises:
+            ValueError: ``batch_size`` is less than 1.
+        """
+        ...
+
+    async def template_fingerprint(self, model_id: str) -> TemplateFingerprint:
+        """Return the count, largest id and id sum of the templates of ``model_id``, for checking a saved index."""
         ...
 
     async def counts(self) -> dict[str, Any]:

@@ -59,6 +59,26 @@ class PersonSummary:
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """An enrolled image as the gallery recorded it, enough to embed it again under another model.
+
+    Attributes:
+        image_id: the image row.
+        person: whose photo it is.
+        sha256: lowercase hex SHA-256 of the file bytes at enrollment.
+        path: where the file was read from, as given then (relative paths are relative to
+            the working folder of that run); None for photos that were not read from a file.
+        chat_id: chat the templates were enrolled in; None when visible in every chat.
+    """
+
+    image_id: int
+    person: Person
+    sha256: str
+    path: str | None
+    chat_id: int | None
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """An input image: lowercase hex SHA-256 of its file bytes, optional path, size in pixels."""
 
@@ -167,6 +187,33 @@ class TemplateMatrix:
         See :func:`visible_in_chat` for the rule.
         """
         return visible_in_chat(chat_id, self.chat_ids, self.owner_ids)
+
+
+@dataclass(frozen=True)
+class TemplateFingerprint:
+    """Summary of one model's stored templates that changes whenever a template is added or deleted.
+
+    Template ids are AUTOINCREMENT and never reused, so an enroll raises ``max_id`` and a
+    deletion lowers ``count``. A search index saved with the same fingerprint as the
+    database therefore contains the same templates. ``last_created_at`` tells apart a database
+    restored from a backup that then reached the same ids with other templates.
+    NOTE: a template changed in place by an UPDATE is not detected; maskid never does that.
+
+    Attributes:
+        count: number of templates.
+        max_id: largest template id, 0 when there are none.
+        id_sum: sum of the template ids, 0 when there are none.
+        last_created_at: creation time of the template with ``max_id``, None when there are none.
+    """
+
+    count: int
+    max_id: int
+    id_sum: int
+    last_created_at: str | None = None
+
+    def same_ids(self, other: TemplateFingerprint) -> bool:
+        """Return whether both fingerprints have the same count, largest id and id sum."""
+        return (self.count, self.max_id, self.id_sum) == (other.count, other.max_id, other.id_sum)
 
 
 def visible_in_chat(chat_id: int, chat_ids: np.ndarray, owner_ids: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -47,6 +47,8 @@ from core.storage.records import (
     PersonSummary,
     RemovedPerson,
     Source,
+    StoredImage,
+    TemplateFingerprint,
     TemplateMatrix,
     validate_chat_id,
     validate_image,
@@ -445,6 +447,74 @@ class SqliteGalleryStore:
             return await self._matrix_from_rows(connection, rows, model_id)
 
         return await self._read(read, action=f"load templates of person {person_id}")
+
+    async def enrolled_images(self, model_id: str) -> list[StoredImage]:
+        """Return every image enrolled under ``model_id``, in id order, with its person and chat.
+
+        The chat is the one of the image's first original template.
+        """
+        validate_model_id(model_id)
+        sql = (
+            "SELECT images.id, images.sha256, images.path, "
+            "(SELECT chat_id FROM templates WHERE templates.image_id = images.id AND kind = ? "
+            f"ORDER BY templates.id LIMIT 1), {_PERSON_COLUMNS} "
+            "FROM images JOIN people ON people.id = images.person_id "
+            "WHERE images.model_id = ? AND images.status = 'enrolled' ORDER BY images.id"
+        )
+
+        async def read(connection: aiosqlite.Connection) -> list[StoredImage]:
+            rows = await connection.execute_fetchall(sql, (ORIGINAL, model_id))
+            return [StoredImage(row[0], _person_from_row(row[4:]), row[1], row[2], row[3]) for row in rows]
+
+        return await self._read(read, action=f"list images of model {model_id}")
+
+    async def iter_templates(self, model_id: str, *, batch_size: int = 65536) -> AsyncIterator[TemplateMatrix]:
+        """Yield the templates of ``model_id`` in ascending id order, ``batch_size`` rows per batch.
+
+        Each batch is one read, so writes from other coroutines may run between batches. A
+        template enrolled meanwhile is yielded if its id is above the last one read.
+        """
+        validate_model_id(model_id)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        sql = (
+            f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE templates.model_id = ? AND templates.id > ?"
+            " ORDER BY templates.id LIMIT ?"
+        )
+
+        async def read(connection: aiosqlite.Connection, after: int) -> TemplateMatrix:
+            rows = await connection.execute_fetchall(sql, (model_id, after, batch_size))
+            return await self._matrix_from_rows(connection, rows, model_id)
+
+        last_id = 0
+        while True:
+            batch = await self._read(
+                partial(read, after=last_id), action=f"load templates of model {model_id} after id {last_id}"
+            )
+            if len(batch) == 0:
+                return
+            yield batch
+            if len(batch) < batch_size:
+                return
+            last_id = int(batch.template_ids[-1])
+
+    async def template_fingerprint(self, model_id: str) -> TemplateFingerprint:
+        """Return the count, largest id and id sum of the templates of ``model_id``."""
+        validate_model_id(model_id)
+
+        async def read(connection: aiosqlite.Connection) -> TemplateFingerprint:
+            cursor = await connection.execute(
+                "SELECT count(*), coalesce(max(id), 0), coalesce(sum(id), 0) FROM templates WHERE model_id = ?",
+                (model_id,),
+            )
+            count, max_id, id_sum = await cursor.fetchone()
+            cursor = await connection.execute("SELECT created_at FROM templates WHERE id = ?", (max_id,))
+            row = await cursor.fetchone()
+            return TemplateFingerprint(
+                count=count, max_id=max_id, id_sum=id_sum, last_created_at=None if row is None else row[0]
+            )
+
+        return await self._read(read, action=f"read the template fingerprint of model {model_id}")
 
     # Statistics and settings.
 
