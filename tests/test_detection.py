@@ -226,3 +226,76 @@ def test_noise_photo_is_not_taken_whole(detector: FaceDetector) -> None:
     noise = np.random.default_rng(1).integers(0, 256, size=(600, 500, 3), dtype=np.uint8)
 
     assert detector.detect(noise) == []
+
+
+def upscale(pixels: np.ndarray, factor: float) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    size = (round(width * factor), round(height * factor))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+
+
+@pytest.mark.datasets
+def test_large_photo_boxes_in_full_resolution_pixels(detector: FaceDetector, datasets_dir: Path) -> None:
+    pixels = lfw_pixels(datasets_dir, SINGLE_FACE_PHOTOS[0])
+    large = upscale(pixels, 4.0)  # 1000x1000, searched on a 640x640 copy by default
+
+    [small_face] = detector.detect(pixels)
+    [large_face] = detector.detect(large)
+
+    # A box on the downscaled copy, mapped back, lands where the 250 px photo's box is, times 4,
+    # within the few percent of the face's size that MTCNN's box regression varies by between scales.
+    tolerance = 0.06 * large_face.width
+    np.testing.assert_allclose(large_face.box, np.array(small_face.box) * 4.0, atol=tolerance)
+    np.testing.assert_allclose(large_face.landmarks, small_face.landmarks * 4.0, atol=tolerance)
+    assert large_face.method == "mtcnn"
+
+
+@pytest.mark.datasets
+def test_large_photo_downscaled_matches_full_resolution(datasets_dir: Path) -> None:
+    large = upscale(lfw_pixels(datasets_dir, SINGLE_FACE_PHOTOS[1]), 3.2)  # 800x800
+
+    [downscaled] = FaceDetector(max_side=400).detect(large)
+    [full] = FaceDetector(max_side=0).detect(large)
+
+    tolerance = 0.06 * full.width
+    np.testing.assert_allclose(downscaled.box, full.box, atol=tolerance)
+    np.testing.assert_allclose(downscaled.landmarks, full.landmarks, atol=tolerance)
+
+
+@pytest.mark.datasets
+def test_non_square_photo_maps_each_axis(datasets_dir: Path) -> None:
+    pixels = lfw_pixels(datasets_dir, SINGLE_FACE_PHOTOS[2])
+    wide = np.zeros((250, 1000, 3), dtype=np.uint8)
+    wide[:, 375:625] = pixels  # the face sits 375 px from the left edge
+
+    [face] = FaceDetector(max_side=500).detect(wide)
+    [reference] = FaceDetector(max_side=0).detect(pixels)
+
+    # The face is searched at half size, where MTCNN's box varies by up to about a tenth of it.
+    tolerance = 0.1 * reference.width
+    np.testing.assert_allclose(np.array(face.box) - [375, 0, 375, 0], reference.box, atol=tolerance)
+    np.testing.assert_allclose(face.landmarks - [375, 0], reference.landmarks, atol=tolerance)
+
+
+def test_downscale_factors_per_axis() -> None:
+    pixels = np.zeros((333, 1001, 3), dtype=np.uint8)
+
+    small, factors = FaceDetector(max_side=500)._downscale(pixels)
+
+    assert small.shape == (166, 500, 3)
+    assert factors == pytest.approx((1001 / 500, 333 / 166))
+
+
+def test_downscale_leaves_small_photo_alone() -> None:
+    pixels = np.zeros((480, 640, 3), dtype=np.uint8)
+
+    small, factors = FaceDetector(max_side=640)._downscale(pixels)
+
+    assert small is pixels
+    assert factors == (1.0, 1.0)
+    assert FaceDetector(max_side=0)._downscale(np.zeros((2000, 3000, 3), dtype=np.uint8))[1] == (1.0, 1.0)
+
+
+def test_detector_rejects_negative_max_side() -> None:
+    with pytest.raises(ValueError, match="max_side must be 0"):
+        FaceDetector(max_side=-1)

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.alignment import AlignmentConfig
+from core.alignment import AlignmentConfig, align_face
 from core.detection import DetectedFace
-from core.embedding import Embedder
+from core.embedding import Embedder, cpu_has_native_bf16
+from core.errors import ConfigurationError
 from core.images import DecodedImage, load_image
-from core.pipeline import Face, FacePipeline, main_face
+from core.masks import synthesize_masked
+from core.pipeline import Face, FacePipeline, main_face, masked_variants_seed
 from core.settings import Settings
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
@@ -183,3 +185,84 @@ def test_plain_settings_reach_pipeline(settings: Settings) -> None:
     assert pipeline.detector.whole_image_fallback is False
     assert pipeline.embedder.flip is False
     assert "+flip" not in pipeline.model_id
+
+
+@pytest.mark.datasets
+def test_bf16_embedding_matches_fp32(pipeline: FacePipeline, datasets_dir: Path) -> None:
+    image = lfw_image(datasets_dir, SAME_PERSON[0])
+    [face] = pipeline.detector.detect(image.pixels)
+    crop = np.stack([align_face(image.pixels, face, pipeline.alignment)])
+    backbone = pipeline.embedder.backbone
+
+    fp32_vector, fp32_features = Embedder(backbone, precision="fp32").embed_with_features(crop)
+    bf16_vector, bf16_features = Embedder(backbone, precision="bf16").embed_with_features(crop)
+
+    assert bf16_vector.dtype == np.float32
+    assert bf16_features.dtype == np.float32
+    assert float(fp32_vector[0] @ bf16_vector[0]) > 0.999
+    np.testing.assert_allclose(np.linalg.norm(bf16_vector, axis=1), 1.0, atol=1e-5)
+    cosine = fp32_features[0] @ bf16_features[0] / np.linalg.norm(fp32_features[0]) / np.linalg.norm(bf16_features[0])
+    assert cosine > 0.999
+
+
+def test_embedder_auto_precision_follows_cpu(pipeline: FacePipeline) -> None:
+    embedder = Embedder(pipeline.embedder.backbone, precision="auto")
+
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert embedder.resolved_precision == expected
+    assert Embedder(pipeline.embedder.backbone, precision="fp32").resolved_precision == "fp32"
+
+
+def test_embedder_rejects_unknown_precision(pipeline: FacePipeline) -> None:
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        Embedder(pipeline.embedder.backbone, precision="int8")
+
+
+def test_speed_settings_reach_pipeline(settings: Settings) -> None:
+    tuned = settings.replace(detection_max_side=0, embedding_precision="fp32", synthetic_mask_flip=True)
+
+    pipeline = FacePipeline.from_settings(tuned)
+
+    assert pipeline.detector.max_side == 0
+    assert pipeline.embedder.precision == "fp32"
+    assert pipeline.synthetic_mask_flip is True
+    assert pipeline.model_id == FacePipeline.from_settings(settings).model_id
+
+
+def test_speed_settings_defaults(settings: Settings) -> None:
+    pipeline = FacePipeline.from_settings(settings)
+
+    assert pipeline.detector.max_side == 640
+    assert pipeline.embedder.precision == "auto"
+    assert pipeline.synthetic_mask_flip is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"detection_max_side": -1}, "MASKID_DETECTION_MAX_SIDE"),
+        ({"embedding_precision": "int8"}, "MASKID_EMBEDDING_PRECISION"),
+    ],
+    ids=["negative-max-side", "unknown-precision"],
+)
+def test_speed_settings_reject_invalid_values(settings: Settings, changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        settings.replace(**changes)
+
+
+@pytest.mark.datasets
+def test_synthetic_masks_embedded_without_flip(pipeline: FacePipeline, datasets_dir: Path) -> None:
+    image = lfw_image(datasets_dir, SAME_PERSON[0])
+    [face] = pipeline.detector.detect(image.pixels)
+    variants = synthesize_masked(image.pixels, face.landmarks, 2, seed=masked_variants_seed(image.sha256))
+    crops = np.stack([align_face(variant, face, pipeline.alignment) for variant in variants])
+    flipping = FacePipeline(pipeline.detector, pipeline.embedder, pipeline.alignment, synthetic_mask_flip=True)
+
+    default = pipeline.embed_masked(image, face, 2)
+    flipped = flipping.embed_masked(image, face, 2)
+
+    assert pipeline.embedder.flip is True
+    np.testing.assert_allclose(default, pipeline.embedder.embed_with_features(crops, flip=False)[0], atol=1e-5)
+    np.testing.assert_allclose(flipped, pipeline.embedder.embed(crops), atol=1e-5)
+    # A mirrored crop changes the descriptor a little, never the identity.
+    assert (default * flipped).sum(axis=1).min() > 0.9

@@ -641,7 +641,9 @@ def analysis_id(pipeline: AnalysisPipeline) -> str:
 
     The model id alone is not enough, because detector settings such as the minimum
     face size decide which photos have a face at all. Every public attribute of the
-    detector that is a number, string, bool or tuple is part of the key.
+    detector that is a number, string, bool or tuple is part of the key, and so are the
+    embedding precision and whether synthetic-mask crops are mirrored, which shift descriptors
+    slightly without changing the model id.
     """
     # NOTE: module constants of core.detection (such as the retry pass's thresholds) are
     # not part of the key; delete the cache after changing them.
@@ -652,7 +654,11 @@ def analysis_id(pipeline: AnalysisPipeline) -> str:
         if not name.startswith("_") and isinstance(value, (int, float, str, bool, tuple))
     )
     detector_config = " ".join(f"{name}={value!r}" for name, value in settings)
-    return f"{pipeline.model_id}|{type(detector).__name__} {detector_config}|format {_CACHE_FORMAT}"
+    embedder = getattr(pipeline, "embedder", None)
+    precision = getattr(embedder, "resolved_precision", "fp32")
+    masked_flip = getattr(pipeline, "synthetic_mask_flip", True)
+    embedding_config = f"precision={precision} synthetic_mask_flip={masked_flip}"
+    return f"{pipeline.model_id}|{type(detector).__name__} {detector_config}|{embedding_config}|format {_CACHE_FORMAT}"
 
 
 class EmbeddingCache:
