@@ -57,6 +57,17 @@ def require_gallery(settings: Settings) -> None:
         )
 
 
+async def require_current_model(service: FaceService) -> None:
+    """Fail when the gallery was embedded with other models only, which the service never searches."""
+    others = await service.other_models()
+    if others:
+        raise DatasetError(
+            f"the gallery {service.settings.db_path} has templates of {', '.join(others)} but none of "
+            f"{service.model_id}; run `maskid gallery reembed` to embed its photos for this model, "
+            "or choose the gallery's model with --model"
+        )
+
+
 async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
     if not args.directory.is_dir():
         raise DatasetError(f"dataset folder {args.directory} not found; expected ROOT/<person>/<image> files")
@@ -130,6 +141,7 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
             data.append({"image": str(path), "error": str(exc), "faces": []})
     async with FaceService.from_settings(settings) as service:
         if len(service.index) == 0:
+            await require_current_model(service)
             logger.warning(
                 "the gallery %s has no templates of model %s; every face will be unknown",
                 settings.db_path,
@@ -215,7 +227,8 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
 async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
     require_gallery(settings)
     async with FaceService.from_settings(settings) as service:
-        summaries = await service.store.list_people()
+        summaries = await service.store.list_people(model_id=service.model_id)
+        everyone = await service.store.list_people()
     lines = [
         f"{summary.person.name}\t{summary.person.source}\t"
         f"{plural(summary.image_count, 'photo')}\t{plural(summary.template_count, 'template')}"
@@ -223,6 +236,12 @@ async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
     ]
     lines.insert(0, "name\tsource (dataset, cli or telegram)\tphotos\ttemplates")
     lines.append(f"{plural(len(summaries), 'person', 'people')} in {settings.db_path}")
+    unsearchable = len(everyone) - len(summaries)
+    if unsearchable:
+        lines.append(
+            f"{plural(unsearchable, 'more person', 'more people')} only have templates of another model and "
+            "are not searched; run `maskid gallery reembed` to embed their photos for this one"
+        )
     data = [
         {"id": summary.person.id, "name": summary.person.name, "source": summary.person.source,
          "images": summary.image_count, "templates": summary.template_count,

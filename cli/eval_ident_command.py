@@ -214,7 +214,7 @@ async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandRes
         pipeline = ReferencePipeline(settings, margin=args.reference_margin)
     else:
         pipeline = FacePipeline.from_settings(settings)
-    matcher = build_matcher(args, settings, pipeline.model_id)
+    matcher = build_matcher(args, settings, pipeline.feature_model_id)
     cache_dir = args.cache_dir if args.cache_dir is not None else settings.cache_dir / "eval"
     cache = None if args.no_cache else EmbeddingCache(cache_dir / CACHE_FILE_NAME)
 
@@ -241,6 +241,9 @@ async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandRes
 
 def build_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
     """Return the matcher that ``--matcher`` names.
+
+    Args:
+        model_id: id of the pipeline's pooled-feature space, which the mask classifier reads.
 
     Raises:
         ModelError: the mask-aware matcher has no mask classifier for ``model_id``.

@@ -15,7 +15,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cli import bot_command, calibrate_command, commands, eval_ident_command, mask_command, train_command
+from cli import (
+    bot_command,
+    calibrate_command,
+    commands,
+    eval_ident_command,
+    mask_command,
+    reembed_command,
+    train_command,
+)
 from core.errors import ConfigurationError, MaskidError
 from core.settings import Settings
 
@@ -46,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--db", type=Path, help="gallery database file (default: MASKID_DB or ./maskid.sqlite3)")
     parser.add_argument("--device", help="compute device: cpu or cuda[:N] (default: MASKID_DEVICE or cpu)")
+    parser.add_argument(
+        "--model",
+        help="embedding network: base (FaceNet), siamese (FaceNet with the shipped twin-network head) "
+        "or a head file from `maskid train siamese` (default: MASKID_MODEL or siamese)",
+    )
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads; 0 keeps its default (MASKID_TORCH_THREADS)")
     parser.add_argument(
         "--threshold",
@@ -68,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("directory", type=Path, help="ROOT/<person>/<image> folder, e.g. LFW")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.set_defaults(handler=commands.gallery_build)
+    reembed_command.register(gallery)
 
     enroll = subcommands.add_parser("enroll", help="add photos of one person to the gallery")
     enroll.add_argument("name", help="the person's name")
@@ -93,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=commands.verify)
 
-    people = subcommands.add_parser("people", help="list the people in the gallery")
+    people = subcommands.add_parser(
+        "people", help="list the people the current model searches, with photo and template counts"
+    )
     people.add_argument("--json", action="store_true", help="print the list as JSON")
     people.set_defaults(handler=commands.people)
 
@@ -144,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             env_file=args.env_file or Path(".env"),
             db_path=args.db,
             device=args.device,
+            model=args.model,
             torch_threads=args.threads,
             match_threshold=args.threshold,
             masked_match_threshold=args.masked_threshold,

@@ -108,6 +108,27 @@ def add_siamese_parser(train: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="Adam learning rate (default: %(default)s)"
     )
+    parser.add_argument(
+        "--distillation",
+        type=float,
+        default=defaults.distillation,
+        help="weight of the pull of unmasked descriptors towards the base network's, which keeps unmasked "
+        "accuracy; 0 turns it off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--masked-distillation",
+        type=float,
+        default=defaults.masked_distillation,
+        help="weight of the pull of each masked descriptor towards the base network's descriptor of the same "
+        "photo unmasked; 0 turns it off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--unmasked-tolerance",
+        type=float,
+        default=defaults.unmasked_tolerance,
+        help="validation unmasked rank-1 an epoch may lose against the base network and still be kept "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=train_siamese)
 
@@ -179,6 +200,9 @@ async def train_siamese(args: argparse.Namespace, settings: Settings) -> Command
             batch_people=args.batch_people,
             learning_rate=args.learning_rate,
             seed=args.seed,
+            distillation=args.distillation,
+            masked_distillation=args.masked_distillation,
+            unmasked_tolerance=args.unmasked_tolerance,
         )
         head = SiameseHead.from_base(base, args.layer)
         results.append(train_head(head, train, validation, config, show_progress=not args.json))

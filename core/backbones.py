@@ -26,6 +26,10 @@ class Backbone(Protocol):
     # pooled trunk feature vector, and that vector's length.
     feature_layer: str
     feature_dim: int
+    # Id of the network whose pooled features ``feature_layer`` outputs. It differs from
+    # ``model_id`` when a fine-tuned head sits on a base network's trunk, so a classifier of
+    # those features (such as the mask classifier) still applies to the fine-tuned model.
+    feature_model_id: str
 
     def load(self, device: torch.device) -> torch.nn.Module:
         """Build the network on ``device`` in eval mode; called once, lazily."""
@@ -49,6 +53,7 @@ class FaceNetCasia:
     embedding_dim = 512
     feature_layer = "avgpool_1a"
     feature_dim = 1792
+    feature_model_id = model_id
 
     def __init__(self, *, graph_path: Path | None, cache_dir: Path) -> None:
         self.graph_path = graph_path

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from core.alignment import AlignmentConfig, align_face
-from core.backbones import FaceNetCasia
+from core.backbones import Backbone, FaceNetCasia
 from core.detection import DetectedFace, FaceDetector
 from core.embedding import Embedder
 from core.images import DecodedImage
 from core.masks import synthesize_masked
-from core.settings import Settings
+from core.settings import BASE_MODEL, SIAMESE_MODEL, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,18 @@ class FacePipeline:
         detector: finds faces and their landmarks.
         embedder: turns aligned crops into descriptors.
         alignment: how crops are cut; part of :attr:`model_id`.
+        synthetic_mask_flip: average the mirrored crop into synthetic-mask descriptors too,
+            when the embedder flips. Off, they cost half as much.
     """
 
-    def __init__(self, detector: FaceDetector, embedder: Embedder, alignment: AlignmentConfig) -> None:
+    def __init__(
+        self,
+        detector: FaceDetector,
+        embedder: Embedder,
+        alignment: AlignmentConfig,
+        *,
+        synthetic_mask_flip: bool = False,
+    ) -> None:
         if alignment.size != embedder.backbone.input_size:
             raise ValueError(
                 f"alignment size {alignment.size} does not match the backbone input size {embedder.backbone.input_size}"
@@ -61,26 +71,35 @@ class FacePipeline:
         self.detector = detector
         self.embedder = embedder
         self.alignment = alignment
+        self.synthetic_mask_flip = synthetic_mask_flip
 
     @classmethod
     def from_settings(cls, settings: Settings, *, alignment: AlignmentConfig | None = None) -> FacePipeline:
-        """Build the default pipeline: MTCNN, margin-32 crop, FaceNet CASIA with flip averaging."""
+        """Build the configured pipeline: MTCNN, margin-32 crop, and the network ``settings.model`` names.
+
+        ``"base"`` is FaceNet CASIA alone; ``"siamese"`` adds the twin-network head shipped
+        with maskid, and a path adds a head file from ``maskid train siamese``. Descriptors
+        are averaged with those of the mirrored crop when ``settings.flip`` is on.
+        """
         detector = FaceDetector(
             device=settings.device,
             min_face_size=settings.min_face_size,
             min_probability=settings.min_detection_probability,
             retry=settings.detection_retry,
             whole_image_fallback=settings.whole_image_fallback,
+            max_side=settings.detection_max_side,
         )
-        backbone = FaceNetCasia(graph_path=settings.facenet_graph, cache_dir=settings.cache_dir)
+        backbone = load_backbone(settings)
         embedder = Embedder(
             backbone,
             device=settings.device,
             batch_size=settings.batch_size,
             flip=settings.flip,
             torch_threads=settings.torch_threads,
+            precision=settings.embedding_precision,
         )
-        return cls(detector, embedder, alignment or AlignmentConfig())
+        alignment = alignment or AlignmentConfig()
+        return cls(detector, embedder, alignment, synthetic_mask_flip=settings.synthetic_mask_flip)
 
     @property
     def model_id(self) -> str:
@@ -90,6 +109,16 @@ class FacePipeline:
         alignment shifts descriptors as surely as a change of network.
         """
         return f"{self.embedder.model_id}/{self.alignment.tag}"
+
+    @property
+    def feature_model_id(self) -> str:
+        """Id of the space of :attr:`Face.features`, which a mask classifier is trained on.
+
+        It equals :attr:`model_id` for the base network and stays the base network's id
+        under a fine-tuned head, whose backbone outputs the base network's pooled features.
+        """
+        flip = "+flip" if self.embedder.flip else ""
+        return f"{self.embedder.backbone.feature_model_id}{flip}/{self.alignment.tag}"
 
     def analyze(self, image: DecodedImage) -> list[Face]:
         """Return every face in ``image`` with its descriptor, largest first."""
@@ -138,7 +167,22 @@ class FacePipeline:
         crops = [align_face(pixels, detection, self.alignment) for pixels in variants]
         size = self.alignment.size
         stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), dtype=np.uint8)
-        return self.embedder.embed_with_features(stacked)
+        return self.embedder.embed_with_features(stacked, flip=self.embedder.flip and self.synthetic_mask_flip)
+
+
+def load_backbone(settings: Settings) -> Backbone:
+    """Return the backbone that ``settings.model`` names (see :meth:`FacePipeline.from_settings`).
+
+    Raises:
+        ModelError: the head file is missing or unreadable.
+    """
+    if settings.model == BASE_MODEL:
+        return FaceNetCasia(graph_path=settings.facenet_graph, cache_dir=settings.cache_dir)
+
+    from core.siamese.backbone import SiameseBackbone, shipped_head_path
+
+    head = shipped_head_path() if settings.model == SIAMESE_MODEL else Path(settings.model)
+    return SiameseBackbone(settings, head)
 
 
 def masked_variants_seed(sha256: str) -> int:

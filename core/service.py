@@ -19,11 +19,12 @@ from typing import Self, TypeVar
 import numpy as np
 
 from core.calibration import Calibration, calibrate, load_calibration, resolve_thresholds, save_calibration
-from core.errors import ModelError, NoFaceError, PersonNotFoundError
+from core.errors import ModelError, NoFaceError, PersonNotFoundError, StorageError
 from core.images import DecodedImage
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.matching import Candidate, TemplateIndex, is_match
 from core.pipeline import Face, FacePipeline, main_face
+from core.search_index import AnnTemplateIndex, index_path, open_template_index, save_if_current, search_index_folder
 from core.settings import Settings
 from core.storage import (
     ANY_CHAT,
@@ -127,9 +128,9 @@ class FaceService:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        if mask_classifier is not None and mask_classifier.model_id != pipeline.model_id:
+        if mask_classifier is not None and mask_classifier.model_id != pipeline.feature_model_id:
             raise ModelError(
-                f"the mask classifier was trained for {mask_classifier.model_id}, not {pipeline.model_id}; "
+                f"the mask classifier was trained for {mask_classifier.model_id}, not {pipeline.feature_model_id}; "
                 "retrain it with `maskid train mask-detector`"
             )
         self.settings = settings
@@ -151,7 +152,7 @@ class FaceService:
             SqliteGalleryStore.from_settings(settings),
             pipeline,
             workers=workers,
-            mask_classifier=shipped_classifier(pipeline.model_id),
+            mask_classifier=shipped_classifier(pipeline.feature_model_id),
         )
 
     @property
@@ -173,19 +174,48 @@ class FaceService:
     async def start(self) -> None:
         """Open the store and load this model's templates into the index."""
         await self.store.open()
-        templates = await self.store.load_templates(self.model_id)
-        self.index.add_matrix(templates)
-        logger.info("gallery %s: %d templates of model %s loaded", self.store, len(templates), self.model_id)
+        self.index = await open_template_index(self.store, self.model_id, self.index.dim, self.settings)
+        logger.info("gallery %s: %d templates of model %s loaded", self.store, len(self.index), self.model_id)
+        if len(self.index) == 0:
+            await self._warn_about_other_models()
         calibration = await load_calibration(self.store, self.model_id)
         self.thresholds = resolve_thresholds(
             self.settings.match_threshold, self.settings.masked_match_threshold, calibration
         )
         logger.info("thresholds: %s", self.thresholds)
 
+    async def other_models(self) -> list[str]:
+        """Return the ids of the models with enrolled images in the gallery, other than this service's."""
+        models = (await self.store.counts())["models"]
+        return sorted(model_id for model_id, entry in models.items() if entry["images"] and model_id != self.model_id)
+
+    async def _warn_about_other_models(self) -> None:
+        others = await self.other_models()
+        if others:
+            logger.warning(
+                "gallery %s has templates of %s but none of %s, so nobody can be found; "
+                "run `maskid gallery reembed` or set MASKID_MODEL to the gallery's model",
+                self.store,
+                ", ".join(others),
+                self.model_id,
+            )
+
     async def close(self) -> None:
-        """Close the store and stop the worker threads."""
+        """Save a changed approximate search index, close the store and stop the worker threads."""
+        await self._save_search_index()
         await self.store.close()
         self._executor.shutdown(wait=True)
+
+    async def _save_search_index(self) -> None:
+        """Save the approximate index after enrolls or removals, so the next start need not rebuild it."""
+        if not isinstance(self.index, AnnTemplateIndex) or not self.index.changed:
+            return
+        try:
+            path = index_path(search_index_folder(self.settings, self.store), self.model_id, self.index.backend)
+            await save_if_current(self.index, self.store, self.model_id, path)
+        except (OSError, RuntimeError, StorageError) as exc:
+            # RuntimeError: the store was already closed.
+            logger.warning("search index: failed to save it at close (%s); the next start rebuilds it", exc)
 
     async def run_model(self, function: Callable[..., T], *args: object) -> T:
         """Run blocking model work on the worker pool and await its result."""

@@ -26,6 +26,10 @@ from core.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB_PATH = Path("maskid.sqlite3")
+
+# Values of ``Settings.model`` besides a path to a head file.
+BASE_MODEL = "base"
+SIAMESE_MODEL = "siamese"
 DEFAULT_DATASETS_DIR = Path("../shared/datasets")
 
 # Characters and length that the Bot API allows in a webhook secret token.
@@ -82,9 +86,22 @@ class Settings:
     # then let O-Net score a portrait-shaped photo as one tight face crop.
     detection_retry: bool = True
     whole_image_fallback: bool = True
+    # Photos longer than this many pixels are searched on a copy downscaled to it, which
+    # doubles the smallest face found in a 1280 px photo; 0 searches at full resolution.
+    detection_max_side: int = 640
 
+    # Embedding network: "base" (FaceNet CASIA), "siamese" (FaceNet with the twin-network
+    # head shipped with maskid) or the path of a head file from `maskid train siamese`.
+    # Each model has its own templates; `maskid gallery reembed` moves a gallery across.
+    model: str = SIAMESE_MODEL
     # Embedding: average the descriptors of each crop and its mirror image.
     flip: bool = True
+    # Also average the mirrored crop into the synthetic-mask templates (with flip on). Off, they
+    # cost half as much. docs/benchmarks.md has the measured effect on masked identification.
+    synthetic_mask_flip: bool = False
+    # Arithmetic of the embedding network on the CPU: "auto" (bfloat16 where the CPU has
+    # native bfloat16 instructions, else float32), "bf16" or "fp32". Not part of the model id.
+    embedding_precision: str = "auto"
 
     # Enrollment: synthetic-mask templates stored beside each enrolled photo's own template.
     synthetic_masks: int = 2
@@ -96,6 +113,14 @@ class Settings:
     masked_match_threshold: float | None = None
     # Verification (`maskid verify`): the cosine similarity two photos need to be called the same person.
     verify_threshold: float = 0.40
+
+    # Search index: "exact" scores every template. "ivf" and "hnsw" are approximate FAISS
+    # indexes over 8-bit quantized templates, saved next to the database. "auto" searches
+    # exactly up to search_exact_max templates of the model and uses "ivf" beyond. Exact
+    # search took about 0.26 ms per 1,000 templates on one core (scripts/bench_search.py),
+    # so the default keeps it near 5 ms per query.
+    search_index: str = "auto"
+    search_exact_max: int = 20_000
 
     # Image intake limits, checked before decoding.
     max_image_bytes: int = 20 * 1024 * 1024
@@ -143,8 +168,18 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not -1.0 <= value <= 1.0:
                 _invalid(name, f"is a cosine similarity in [-1, 1], got {value}")
+        if self.model not in (BASE_MODEL, SIAMESE_MODEL) and not self.model.endswith(".pt"):
+            _invalid("model", f"must be {BASE_MODEL!r}, {SIAMESE_MODEL!r} or a head file (.pt), got {self.model!r}")
+        if self.detection_max_side < 0:
+            _invalid("detection_max_side", f"must be 0 (off) or a positive pixel count, got {self.detection_max_side}")
+        if self.embedding_precision not in ("auto", "bf16", "fp32"):
+            _invalid("embedding_precision", f"must be 'auto', 'bf16' or 'fp32', got {self.embedding_precision!r}")
         if self.synthetic_masks < 0:
             _invalid("synthetic_masks", f"must be 0 or more, got {self.synthetic_masks}")
+        if self.search_index not in ("auto", "exact", "ivf", "hnsw"):
+            _invalid("search_index", f"must be 'auto', 'exact', 'ivf' or 'hnsw', got {self.search_index!r}")
+        if self.search_exact_max < 0:
+            _invalid("search_exact_max", f"must be 0 or more templates, got {self.search_exact_max}")
         if self.max_image_bytes < 1:
             _invalid("max_image_bytes", f"must be positive, got {self.max_image_bytes}")
         if self.max_image_pixels < 1:

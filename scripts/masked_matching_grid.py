@@ -36,7 +36,7 @@ def main() -> None:
 
     settings = Settings.from_env()
     pipeline = FacePipeline.from_settings(settings)
-    classifier = shipped_classifier(pipeline.model_id)
+    classifier = shipped_classifier(pipeline.feature_model_id)
     if classifier is None:
         raise SystemExit(f"no shipped mask classifier for {pipeline.model_id}")
     protocol = standard_protocol(args.datasets)

@@ -1,17 +1,21 @@
-"""Masked identification and LFW verification of a trained twin head next to the base FaceNet.
+"""Ablation of twin-network heads against the base FaceNet on the rof protocol and LFW pairs.
 
 Scores the standard protocol (rof gallery, real masked probes with non-mated masked
-strangers, unmasked probes with LFW strangers) with plain matching and with mask-aware
-matching on synthetic-mask gallery templates, once with the base model and once with
-trunk plus head. Faces are detected once with the base pipeline (reusing the cache of
-``maskid eval ident``) and re-embedded through the head, so both models see the same
-crops. Mask-aware matching routes probes with the shipped mask classifier on the base
-network's pooled features, which the head's backbone also outputs. With ``--lfw-pairs``
-it also reports the k-fold accuracy on an LFW pairs file.
+strangers, unmasked probes with LFW strangers) and, with ``--lfw-pairs``, the k-fold
+accuracy on an LFW pairs file, for the base network and every head given, each with
+plain matching on the photos' own templates and with mask-aware matching on
+synthetic-mask gallery templates.
+
+Faces are detected once with the base pipeline (reusing the cache of ``maskid eval
+ident``), every aligned crop, its mirror image and the gallery's synthetic-mask
+variants go through the frozen trunk once, and each head then runs on the stored
+trunk outputs, so a further head costs seconds. The trunk outputs are kept in
+``MASKID_CACHE_DIR/eval``. The base row uses FaceNet's own last layers, which give
+the base network's descriptors to within 1e-4.
 
 Usage::
 
-    .venv/bin/python scripts/siamese_rof.py HEAD.pt --datasets ../shared/datasets \\
+    .venv/bin/python scripts/siamese_rof.py HEAD.pt [HEAD.pt ...] --datasets ../shared/datasets \\
         --lfw-pairs ../shared/datasets/lfw-pairs-dev.txt
 """
 
@@ -21,13 +25,14 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from core.embedding import Embedder
+from core.alignment import align_face
 from core.evaluation.identification import (
     AnalysedPhoto,
     EmbeddingCache,
@@ -36,103 +41,146 @@ from core.evaluation.identification import (
     PlainMatcher,
     analyse_photos,
     analyse_protocol,
-    analysis_id,
     score_protocol,
     standard_protocol,
 )
 from core.evaluation.lfw import k_fold_accuracy, read_pairs, split_folds
-from core.images import load_image, read_image_bytes
+from core.images import load_image
 from core.mask_detection import MaskClassifier, shipped_classifier
-from core.pipeline import FacePipeline
-from core.settings import Settings
-from core.siamese.backbone import SiameseBackbone
+from core.masks import synthesize_masked
+from core.pipeline import FacePipeline, masked_variants_seed
+from core.settings import BASE_MODEL, Settings
+from core.siamese.head import SiameseHead
+from core.siamese.model_file import load_head
+from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
-REEMBED_BATCH = 32
+
+@dataclasses.dataclass
+class TrunkTable:
+    """Trunk outputs of each photo's crop and mirror image, and of each gallery photo's masked variants.
+
+    Attributes:
+        plain: photo path to a (2, 1792, 3, 3) float16 array: crop, mirrored crop.
+        masked: gallery photo path to a (count, 2, 1792, 3, 3) float16 array.
+    """
+
+    plain: dict[Path, np.ndarray]
+    masked: dict[Path, np.ndarray]
 
 
-def siamese_pipeline(base: FacePipeline, settings: Settings, head: Path) -> FacePipeline:
-    """Return a pipeline with the base pipeline's detector and alignment and the head's embedder."""
-    embedder = Embedder(
-        SiameseBackbone(settings, head),
-        device=settings.device,
-        batch_size=settings.batch_size,
-        flip=settings.flip,
-        torch_threads=settings.torch_threads,
-    )
-    return FacePipeline(base.detector, embedder, base.alignment)
+def photo_crops(
+    photo: AnalysedPhoto, pipeline: FacePipeline, settings: Settings, masks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the aligned crop with its mirror image, and ``masks`` masked crops with theirs, as uint8 arrays."""
+    image = load_image(photo.path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    detection = photo.face.detection
+    crop = align_face(image.pixels, detection, pipeline.alignment)
+    variants = synthesize_masked(image.pixels, detection.landmarks, masks, seed=masked_variants_seed(image.sha256))
+    masked = [align_face(pixels, detection, pipeline.alignment) for pixels in variants]
+    size = pipeline.alignment.size
+    masked_pairs = np.stack([[item, item[:, ::-1]] for item in masked]) if masked else np.zeros((0, 2, size, size, 3))
+    return np.stack([crop, crop[:, ::-1]]), masked_pairs.astype(np.uint8)
 
 
-def reembed(
-    pipeline: FacePipeline, photos: Mapping[Path, AnalysedPhoto], settings: Settings, cache: EmbeddingCache
-) -> dict[Path, AnalysedPhoto]:
-    """Embed the main face of each analysed photo with ``pipeline``, keeping its detection. Cached per file."""
-    key = analysis_id(pipeline)
-    limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
-    result = {path: photo for path, photo in photos.items() if photo.face is None}
-    with_face = [photo for photo in photos.values() if photo.face is not None]
-    for start in tqdm(range(0, len(with_face), REEMBED_BATCH), unit="batch", desc=f"embedding with {key[:40]}"):
-        batch = with_face[start : start + REEMBED_BATCH]
-        contents = {photo.path: read_image_bytes(photo.path, max_bytes=settings.max_image_bytes) for photo in batch}
-        hashes = {path: hashlib.sha256(data).hexdigest() for path, data in contents.items()}
-        cached = cache.get(key, hashes.values())
-        pending = [photo for photo in batch if hashes[photo.path] not in cached]
-        images = [load_image(contents[photo.path], label=str(photo.path), **limits) for photo in pending]
-        faces = pipeline.embed_detections(images, [[photo.face.detection] for photo in pending])
-        new = {hashes[photo.path]: (photo.face_count, found[0]) for photo, found in zip(pending, faces, strict=True)}
-        if new:
-            cache.put(key, new)
-        for photo in batch:
-            face = new[hashes[photo.path]][1] if hashes[photo.path] in new else cached[hashes[photo.path]][1]
-            result[photo.path] = dataclasses.replace(photo, face=face)
-    return {path: result[path] for path in photos}
-
-
-def reembed_masked(
+def trunk_table(
+    analysed: Mapping[Path, AnalysedPhoto],
+    gallery: set[Path],
+    masks: int,
     pipeline: FacePipeline,
-    photos: Sequence[AnalysedPhoto],
-    count: int,
     settings: Settings,
-    cache: EmbeddingCache,
-) -> dict[Path, np.ndarray]:
-    """Draw ``count`` synthetic masks on each photo's main face and embed them with ``pipeline``, cached per file."""
-    key = analysis_id(pipeline)
-    limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
-    masked: dict[Path, np.ndarray] = {}
-    for photo in tqdm([photo for photo in photos if photo.face is not None], unit="photo", desc="synthetic masks"):
-        data = read_image_bytes(photo.path, max_bytes=settings.max_image_bytes)
-        sha256 = hashlib.sha256(data).hexdigest()
-        vectors = cache.get_masked(key, sha256, count)
-        if vectors is None:
-            image = load_image(data, label=str(photo.path), **limits)
-            vectors = pipeline.embed_masked(image, photo.face.detection, count)
-            cache.put_masked(key, sha256, vectors)
-        masked[photo.path] = vectors
-    return masked
+) -> TrunkTable:
+    """Run the trunk on every crop, or load the outputs that an earlier run stored for the same photos."""
+    photos = [photo for photo in analysed.values() if photo.face is not None]
+    key = "\n".join([pipeline.model_id, str(masks), *sorted(str(photo.path) for photo in photos)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache_file = settings.cache_dir / "eval" / f"siamese-trunk-{digest}.npz"
+    if cache_file.is_file():
+        stored = np.load(cache_file, allow_pickle=False)
+        plain = {Path(path): stored[f"plain/{path}"] for path in stored["plain_paths"]}
+        masked = {Path(path): stored[f"masked/{path}"] for path in stored["masked_paths"]}
+        logger.info("loaded trunk outputs of %d photos from %s", len(plain), cache_file)
+        return TrunkTable(plain, masked)
+
+    runner = TrunkRunner(settings, DEFAULT_TRUNK_LAYER)
+    table = TrunkTable({}, {})
+    for photo in tqdm(photos, unit="photo", desc="trunk outputs"):
+        count = masks if photo.path in gallery else 0
+        crops, masked = photo_crops(photo, pipeline, settings, count)
+        outputs = runner.run(np.concatenate([crops, masked.reshape(-1, *crops.shape[1:])]))
+        table.plain[photo.path] = outputs[:2]
+        if count:
+            table.masked[photo.path] = outputs[2:].reshape(count, 2, *outputs.shape[1:])
+
+    arrays = {f"plain/{path}": value for path, value in table.plain.items()}
+    arrays |= {f"masked/{path}": value for path, value in table.masked.items()}
+    arrays["plain_paths"] = np.array([str(path) for path in table.plain])
+    arrays["masked_paths"] = np.array([str(path) for path in table.masked])
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache_file.with_suffix(".partial.npz")
+    np.savez(temporary, **arrays)
+    temporary.replace(cache_file)
+    return table
 
 
-def print_identification(
-    label: str,
+def embed_pairs(head: SiameseHead, pairs: np.ndarray, flip: bool) -> np.ndarray:
+    """Return unit descriptors of (N, 2, C, H, W) trunk outputs: crop and mirror averaged, or the crop alone."""
+    flat = torch.from_numpy(pairs.reshape(-1, *pairs.shape[2:]).astype(np.float32))
+    with torch.inference_mode():
+        vectors = head.embed(flat).numpy().reshape(len(pairs), 2, -1)
+    combined = vectors.mean(axis=1) if flip else vectors[:, 0]
+    return combined / np.linalg.norm(combined, axis=1, keepdims=True)
+
+
+def head_descriptors(
+    head: SiameseHead,
+    photos: Mapping[Path, AnalysedPhoto],
+    table: TrunkTable,
+    *,
+    flip: bool,
+    masked_flip: bool,
+) -> tuple[dict[Path, AnalysedPhoto], dict[Path, np.ndarray]]:
+    """Replace each photo's descriptor with the head's, and compute the head's synthetic-mask descriptors."""
+    head.eval()
+    paths = [path for path in photos if path in table.plain]
+    vectors = embed_pairs(head, np.stack([table.plain[path] for path in paths]), flip) if paths else []
+    result = dict(photos)
+    for path, vector in zip(paths, vectors, strict=True):
+        face = dataclasses.replace(photos[path].face, embedding=vector.astype(np.float32))
+        result[path] = dataclasses.replace(photos[path], face=face)
+    synthetic = {
+        path: embed_pairs(head, table.masked[path], masked_flip).astype(np.float32)
+        for path in photos
+        if path in table.masked
+    }
+    return result, synthetic
+
+
+def identification_row(
     protocol: IdentificationProtocol,
     photos: Mapping[Path, AnalysedPhoto],
     synthetic: Mapping[Path, np.ndarray],
     model_id: str,
     classifier: MaskClassifier,
     count: int,
-) -> None:
-    """Print masked and unmasked rank-1 and TPIR at 1% FPIR with plain and mask-aware matching."""
-    for matcher in (PlainMatcher(), MaskAwareMatcher(classifier, synthetic_masks=count)):
+) -> dict[str, float]:
+    """Return masked and unmasked rank-1 and TPIR at 1% FPIR with plain and mask-aware matching."""
+    row: dict[str, float] = {}
+    for name, matcher in (
+        ("plain", PlainMatcher()),
+        ("mask-aware", MaskAwareMatcher(classifier, synthetic_masks=count)),
+    ):
         evaluation = score_protocol(protocol, photos, model_id=model_id, matcher=matcher, synthetic=synthetic)
-        parts = []
         for result in evaluation.probe_sets:
             tpir = next((point.tpir for point in result.operating_points if point.target_fpir == 0.01), float("nan"))
-            parts.append(f"{result.name} rank-1 {result.rank1:.4f} TPIR@1% {tpir:.4f}")
-        print(f"{label:<8} {matcher.name:<48} " + "; ".join(parts))
+            row[f"{name} {result.name} rank-1"] = result.rank1
+            row[f"{name} {result.name} TPIR@1%"] = tpir
+    return row
 
 
-def lfw_pairs_accuracy(photos: Mapping[Path, AnalysedPhoto], pairs_file: Path, images_dir: Path) -> str:
-    """Return the k-fold verification accuracy of the analysed photos' descriptors on a pairs file, as text."""
+def lfw_pairs_accuracy(photos: Mapping[Path, AnalysedPhoto], pairs_file: Path, images_dir: Path) -> float:
+    """Return the k-fold verification accuracy of the photos' descriptors on an LFW pairs file."""
     pairs = read_pairs(pairs_file, images_dir)
     vectors = {path: photo.face.embedding for path, photo in photos.items() if photo.face is not None}
     scores = np.array(
@@ -144,47 +192,57 @@ def lfw_pairs_accuracy(photos: Mapping[Path, AnalysedPhoto], pairs_file: Path, i
         ]
     )
     same = np.array([pair.same for pair in pairs])
-    result = k_fold_accuracy(scores, same, split_folds(pairs))
-    unscored = int(np.isnan(scores).sum())
-    return f"accuracy {result.accuracy:.4f} (+- {result.accuracy_std:.4f}), {unscored} unscored pairs"
+    return k_fold_accuracy(scores, same, split_folds(pairs)).accuracy
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("head", type=Path, help="head file from `maskid train siamese`")
+    parser.add_argument("heads", type=Path, nargs="*", help="head files from `maskid train siamese`")
     parser.add_argument("--datasets", type=Path, help="datasets folder (default: MASKID_DATASETS)")
     parser.add_argument("--synthetic-masks", type=int, help="templates per gallery photo (default: settings)")
     parser.add_argument("--lfw-pairs", type=Path, help="also score this LFW pairs file (images in DATASETS/lfw)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    settings = Settings.from_env()
+    settings = Settings.from_env(model=BASE_MODEL)
     datasets = args.datasets or settings.datasets_dir
     count = settings.synthetic_masks if args.synthetic_masks is None else args.synthetic_masks
     base = FacePipeline.from_settings(settings)
-    head = siamese_pipeline(base, settings, args.head)
-    classifier = shipped_classifier(base.model_id)
+    classifier = shipped_classifier(base.feature_model_id)
     if classifier is None:
-        raise SystemExit(f"no shipped mask classifier for {base.model_id}; mask-aware matching needs one")
+        raise SystemExit(f"no shipped mask classifier for {base.feature_model_id}; mask-aware matching needs one")
     protocol = standard_protocol(datasets)
     limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
-    print(f"base {base.model_id}\nhead {head.model_id}\n{count} synthetic masks per gallery photo")
 
     with EmbeddingCache(settings.cache_dir / "eval" / "embeddings.sqlite3") as cache:
-        photos, synthetic = analyse_protocol(base, protocol, synthetic_masks=count, cache=cache, **limits)
-        head_photos = reembed(head, photos, settings, cache)
-        gallery = [photos[path] for paths in protocol.gallery.values() for path in paths]
-        head_synthetic = reembed_masked(head, gallery, count, settings, cache)
-        print_identification("base", protocol, photos, synthetic or {}, base.model_id, classifier, count)
-        print_identification("head", protocol, head_photos, head_synthetic, head.model_id, classifier, count)
-
+        photos, _ = analyse_protocol(base, protocol, synthetic_masks=0, cache=cache, **limits)
+        lfw_photos: dict[Path, AnalysedPhoto] = {}
         if args.lfw_pairs is not None:
             pairs = read_pairs(args.lfw_pairs, datasets / "lfw")
             paths = sorted({pair.first for pair in pairs} | {pair.second for pair in pairs})
             lfw_photos = analyse_photos(base, paths, cache=cache, **limits)
-            print(f"base     lfw pairs {lfw_pairs_accuracy(lfw_photos, args.lfw_pairs, datasets / 'lfw')}")
-            head_lfw = reembed(head, lfw_photos, settings, cache)
-            print(f"head     lfw pairs {lfw_pairs_accuracy(head_lfw, args.lfw_pairs, datasets / 'lfw')}")
+
+    gallery = {path for paths in protocol.gallery.values() for path in paths}
+    table = trunk_table(photos, gallery, count, base, settings)
+    if lfw_photos:
+        lfw_table = trunk_table(lfw_photos, set(), 0, base, settings)
+        table.plain.update(lfw_table.plain)
+
+    heads: list[tuple[str, SiameseHead, str]] = [
+        ("base", SiameseHead.from_base(load_facenet(settings), DEFAULT_TRUNK_LAYER), base.model_id)
+    ]
+    for path in args.heads:
+        head, _, model_id = load_head(path)
+        heads.append((path.name, head, model_id))
+
+    masked_flip = base.embedder.flip and getattr(base, "synthetic_mask_flip", True)
+    for label, head, model_id in heads:
+        head_photos, synthetic = head_descriptors(head, photos, table, flip=base.embedder.flip, masked_flip=masked_flip)
+        row = identification_row(protocol, head_photos, synthetic, model_id, classifier, count)
+        if lfw_photos:
+            head_lfw, _ = head_descriptors(head, lfw_photos, table, flip=base.embedder.flip, masked_flip=masked_flip)
+            row["LFW pairs"] = lfw_pairs_accuracy(head_lfw, args.lfw_pairs, datasets / "lfw")
+        print(label, " ".join(f"{key}={value:.4f}" for key, value in row.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gallery_helpers import service_for
 
 from core.images import load_image
-from core.mask_detection import shipped_classifier
 from core.pipeline import FacePipeline
-from core.service import FaceService
 from core.settings import Settings
-from core.storage import SqliteGalleryStore
 
 pytestmark = pytest.mark.datasets
-
-
-def service_for(settings: Settings, pipeline: FacePipeline) -> FaceService:
-    return FaceService(
-        settings,
-        SqliteGalleryStore.from_settings(settings),
-        pipeline,
-        mask_classifier=shipped_classifier(pipeline.model_id),
-    )
 
 
 def photo(datasets_dir: Path, name: str, number: int = 1):

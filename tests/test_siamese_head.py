@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gallery_helpers import head_info
 
 from core.alignment import align_face
+from core.backbones import FaceNetCasia
 from core.embedding import Embedder
 from core.errors import ModelError
 from core.images import load_image
@@ -17,25 +19,11 @@ from core.settings import Settings
 from core.siamese.backbone import SiameseBackbone
 from core.siamese.head import SiameseHead
 from core.siamese.losses import batch_hard_triplet_loss, contrastive_loss, pairwise_distances
-from core.siamese.model_file import MAX_FILE_BYTES, SiameseModelInfo, load_head, save_head
+from core.siamese.model_file import MAX_FILE_BYTES, load_head, save_head
 from core.siamese.trunk import TRUNK_LAYERS, FaceNetTrunk, load_facenet
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
 PHOTO = "George_W_Bush/George_W_Bush_0001.jpg"
-
-
-def info_for(layer: str) -> SiameseModelInfo:
-    return SiameseModelInfo(
-        base_model_id="facenet-casia-20180408",
-        layer=layer,
-        loss="triplet",
-        seed=0,
-        dataset="lfw",
-        training_people=1,
-        validation_people=1,
-        masks_per_photo=3,
-        best_epoch=0,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +64,15 @@ def test_siamese_backbone_matches_embedder(
     one_torch_thread: None,
 ) -> None:
     path = tmp_path / "head.pt"
-    model_id = save_head(path, SiameseHead.from_base(base_model, "repeat_3"), info_for("repeat_3"))
-    embedder = Embedder(SiameseBackbone(settings, path), flip=True)
+    model_id = save_head(path, SiameseHead.from_base(base_model, "repeat_3"), head_info("repeat_3"))
+    embedder = Embedder(SiameseBackbone(settings, path), flip=True, precision="fp32")
+    base_embedder = Embedder(
+        FaceNetCasia(graph_path=settings.facenet_graph, cache_dir=settings.cache_dir), precision="fp32"
+    )
 
     assert embedder.model_id == f"{model_id}+flip"
-    assert embedder.model_id != pipeline.embedder.model_id
-    expected_vectors, expected_features = pipeline.embedder.embed_with_features(real_crops)
+    assert embedder.model_id != base_embedder.model_id
+    expected_vectors, expected_features = base_embedder.embed_with_features(real_crops)
     vectors, features = embedder.embed_with_features(real_crops)
     np.testing.assert_allclose(vectors, expected_vectors, atol=1e-4)
     np.testing.assert_allclose(features, expected_features, atol=1e-4)
@@ -106,12 +97,12 @@ def test_head_file_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     head = SiameseHead("repeat_3").eval()
     path = tmp_path / "head.pt"
-    model_id = save_head(path, head, info_for("repeat_3"))
+    model_id = save_head(path, head, head_info("repeat_3"))
 
     loaded, info, loaded_id = load_head(path)
     assert loaded_id == model_id
     assert model_id.startswith("facenet-casia-20180408+siamese-")
-    assert info == info_for("repeat_3")
+    assert info == head_info("repeat_3")
     assert path.stat().st_size <= MAX_FILE_BYTES
     inputs = torch.randn(3, 1792, 3, 3)
     with torch.inference_mode():
@@ -120,17 +111,17 @@ def test_head_file_round_trip(tmp_path: Path) -> None:
 
 def test_head_id_changes_with_weights(tmp_path: Path) -> None:
     head = SiameseHead("repeat_3")
-    first = save_head(tmp_path / "first.pt", head, info_for("repeat_3"))
+    first = save_head(tmp_path / "first.pt", head, head_info("repeat_3"))
     with torch.no_grad():
         head.last_linear.weight[0, 0] += 1.0
-    second = save_head(tmp_path / "second.pt", head, info_for("repeat_3"))
+    second = save_head(tmp_path / "second.pt", head, head_info("repeat_3"))
     assert first != second
 
 
 def test_head_file_rejects_oversize_head(tmp_path: Path) -> None:
     path = tmp_path / "big.pt"
     with pytest.raises(ModelError, match="over the 30 MiB limit"):
-        save_head(path, SiameseHead("mixed_7a"), info_for("mixed_7a"))
+        save_head(path, SiameseHead("mixed_7a"), head_info("mixed_7a"))
     assert not path.exists()
 
 
@@ -195,7 +186,7 @@ def test_siamese_backbone_keeps_base_features(
         head.blocks.block8.conv2d.weight.mul_(2.0)
         head.gate.conv.weight.normal_(std=0.01)
     path = tmp_path / "changed.pt"
-    save_head(path, head, info_for("repeat_3"))
+    save_head(path, head, head_info("repeat_3"))
     embedder = Embedder(SiameseBackbone(settings, path), flip=True)
 
     expected_vectors, expected_features = pipeline.embedder.embed_with_features(real_crops)

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core.pipeline import FacePipeline
 from core.settings import Settings
 from core.siamese.cache import TrunkCache
 from core.siamese.data import FeatureSet, build_feature_set, select_people, split_people, subset
 from core.siamese.head import SiameseHead
-from core.siamese.training import TrainingConfig, embed_all, masked_rank1, train_head
+from core.siamese.losses import distillation_loss
+from core.siamese.training import TrainingConfig, ValidationResult, embed_all, is_better, masked_rank1, train_head
 from core.siamese.trunk import TrunkRunner, load_facenet
 
 # People with at least 4 photos each, so every person has photos besides the gallery one.
@@ -81,7 +83,10 @@ def test_training_lowers_validation_loss(
     features, _ = tiny_features
     training_people, validation_people = split_people(features.people, 0.4, seed=0)
     train, validation = subset(features, training_people), subset(features, validation_people)
-    config = TrainingConfig(loss=loss, max_epochs=6, patience=6, batch_people=3, learning_rate=1e-3, seed=0)
+    # Without distillation the validation loss is the named loss alone, which training must lower.
+    config = TrainingConfig(
+        loss=loss, max_epochs=6, patience=6, batch_people=3, learning_rate=1e-3, seed=0, distillation=0.0
+    )
     base = load_facenet(Settings(cache_dir=model_cache_dir))
 
     result = train_head(SiameseHead.from_base(base, "repeat_3"), train, validation, config, show_progress=False)
@@ -94,3 +99,38 @@ def test_training_lowers_validation_loss(
     rank1, _ = masked_rank1(embed_all(result.head, validation), validation)
     assert rank1 == pytest.approx(result.best.masked_rank1)
     assert time.monotonic() - started < TIME_LIMIT_S
+
+
+@pytest.mark.datasets
+def test_distillation_keeps_unmasked_descriptors(
+    tiny_features: tuple[FeatureSet, TrunkCache], model_cache_dir: Path, one_torch_thread: None
+) -> None:
+    features, _ = tiny_features
+    training_people, validation_people = split_people(features.people, 0.4, seed=0)
+    train, validation = subset(features, training_people), subset(features, validation_people)
+    base = load_facenet(Settings(cache_dir=model_cache_dir))
+    base_vectors = embed_all(SiameseHead.from_base(base, "repeat_3"), validation)[~validation.masked]
+    drift = {}
+    for weight in (0.0, 10.0):
+        config = TrainingConfig(max_epochs=4, patience=4, batch_people=3, learning_rate=1e-3, distillation=weight)
+        result = train_head(SiameseHead.from_base(base, "repeat_3"), train, validation, config, show_progress=False)
+        vectors = embed_all(result.head, validation)[~validation.masked]
+        drift[weight] = float(np.mean(np.sum((vectors - base_vectors) ** 2, axis=1)))
+
+    assert drift[10.0] < drift[0.0], f"distillation did not keep unmasked descriptors closer to the base: {drift}"
+
+
+def test_epoch_losing_unmasked_accuracy_is_not_better() -> None:
+    base = ValidationResult(loss=0.5, masked_rank1=0.70, probes=10, unmasked_rank1=0.95)
+    worse_unmasked = ValidationResult(loss=0.1, masked_rank1=0.90, probes=10, unmasked_rank1=0.93)
+    within_tolerance = ValidationResult(loss=0.1, masked_rank1=0.90, probes=10, unmasked_rank1=0.945)
+
+    assert not is_better(worse_unmasked, base, base, tolerance=0.01)
+    assert is_better(within_tolerance, base, base, tolerance=0.01)
+
+
+def test_distillation_loss_of_identical_descriptors_is_zero() -> None:
+    vectors = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+
+    assert float(distillation_loss(vectors, vectors)) == 0.0
+    assert float(distillation_loss(vectors, -vectors)) == pytest.approx(4.0)

@@ -100,7 +100,7 @@ def train_on_dataset(
         image = load_image(photo.path, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
         masked.append(pipeline.analyze_masked(image, photo.face.detection, 1)[1])
     unmasked_features = np.stack([photo.face.features for photo in with_face])
-    return train_mask_classifier(unmasked_features, np.concatenate(masked), model_id=pipeline.model_id)
+    return train_mask_classifier(unmasked_features, np.concatenate(masked), model_id=pipeline.feature_model_id)
 
 
 def standard_validation_sets(

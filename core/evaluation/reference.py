@@ -64,6 +64,11 @@ class ReferencePipeline:
     def model_id(self) -> str:
         return f"reference-facenet-pytorch/margin{self.detector.margin}"
 
+    @property
+    def feature_model_id(self) -> str:
+        """Id of the pooled-feature space, which no maskid mask classifier is trained on."""
+        return self.model_id
+
     def analyze_batch(self, images: Sequence[DecodedImage]) -> list[list[Face]]:
         """Return the largest face of each image, or an empty list where MTCNN finds none."""
         return [self._analyze(image) for image in images]

@@ -8,6 +8,7 @@ the head, so its templates are never compared with the base model's.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ class TrunkWithHead(nn.Module):
         return self.head.embed(trunk_output)
 
 
+SHIPPED_HEAD_FILE = "siamese_head.pt"
+
+
+def shipped_head_path() -> Path:
+    """Return the path of the head shipped with maskid, in the ``core/data`` package data."""
+    return Path(str(resources.files("core") / "data" / SHIPPED_HEAD_FILE))
+
+
 class SiameseBackbone:
     """FaceNet's trunk with a head from ``maskid train siamese``.
 
@@ -63,6 +72,7 @@ class SiameseBackbone:
     embedding_dim = FaceNetCasia.embedding_dim
     feature_layer = "base_pool"
     feature_dim = FaceNetCasia.feature_dim
+    feature_model_id = FaceNetCasia.model_id
 
     def __init__(self, settings: Settings, head_path: Path) -> None:
         self.settings = settings

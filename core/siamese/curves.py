@@ -48,11 +48,19 @@ def plot_training_curves(results: Sequence[TrainingResult], path: Path) -> Path:
             [record.validation.masked_rank1 for record in result.history],
             marker="o",
             color=color,
-            label=f"{name} (kept epoch {result.best_epoch})",
+            label=f"{name} masked (kept epoch {result.best_epoch})",
+        )
+        rank_axes.plot(
+            epochs,
+            [record.validation.unmasked_rank1 for record in result.history],
+            "--",
+            marker="s",
+            color=color,
+            label=f"{name} unmasked",
         )
         rank_axes.axvline(result.best_epoch, linestyle=":", color=color)
     loss_axes.set(xlabel="epoch (0 = untrained head)", ylabel="loss", title="loss")
-    rank_axes.set(xlabel="epoch (0 = untrained head)", ylabel="rank-1", title="validation masked rank-1")
+    rank_axes.set(xlabel="epoch (0 = untrained head)", ylabel="rank-1", title="validation rank-1")
     for axes in (loss_axes, rank_axes):
         axes.grid(True, alpha=0.3)
         axes.legend()

@@ -73,6 +73,11 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     return (hardest_positive - hardest_negative + margin).clamp(min=0)[valid].mean()
 
 
+def distillation_loss(embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared Euclidean distance between descriptors and the teacher's descriptors of the same crops."""
+    return (embeddings - targets).pow(2).sum(dim=1).mean()
+
+
 def compute_loss(
     name: LossName, embeddings: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor, margin: float
 ) -> torch.Tensor:

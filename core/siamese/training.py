@@ -3,12 +3,18 @@
 A batch contains ``batch_people`` people, two photos each, and for each photo its own crop
 and one random synthetic-mask variant. Both losses therefore see masked-to-unmasked
 pairs of the same photo and of another photo of the same person in every batch.
+
+With ``distillation`` above zero, a frozen copy of the untrained head (the base network)
+acts as a teacher: the head's descriptors of unmasked crops are pulled towards the
+teacher's, so the head learns where masked faces belong without moving unmasked faces
+away from where the base network put them.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +22,7 @@ import torch
 
 from core.siamese.data import FeatureSet
 from core.siamese.head import SiameseHead
-from core.siamese.losses import DEFAULT_MARGINS, LossName, compute_loss
+from core.siamese.losses import DEFAULT_MARGINS, LossName, compute_loss, distillation_loss
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +41,25 @@ class TrainingConfig:
         learning_rate: Adam learning rate.
         weight_decay: Adam weight decay.
         seed: seeds batch sampling and the variant choice.
+        distillation: weight of the squared distance between the head's and the base
+            network's descriptors of unmasked crops, added to the loss; 0 turns it off.
+        masked_distillation: weight of the squared distance between the head's descriptor
+            of a masked crop and the base network's descriptor of the same photo unmasked.
+        unmasked_tolerance: how much validation unmasked rank-1 an epoch may lose against
+            the untrained head and still be kept as the best.
     """
 
     loss: LossName = "triplet"
     margin: float | None = None
     max_epochs: int = 20
-    patience: int = 3
+    patience: int = 4
     batch_people: int = 32
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     seed: int = 0
+    distillation: float = 1.0
+    masked_distillation: float = 0.0
+    unmasked_tolerance: float = 0.01
 
     @property
     def loss_margin(self) -> float:
@@ -60,11 +75,13 @@ class ValidationResult:
         masked_rank1: fraction of masked crops whose nearest unmasked gallery crop (each
             person's first photo) is their own person. Probes come from other photos.
         probes: number of masked probes.
+        unmasked_rank1: the same for the unmasked crops of those probe photos.
     """
 
     loss: float
     masked_rank1: float
     probes: int
+    unmasked_rank1: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,27 @@ def _tensors(features: FeatureSet, rows: np.ndarray) -> tuple[torch.Tensor, torc
     return inputs, torch.from_numpy(features.labels[rows]), torch.from_numpy(features.masked[rows])
 
 
+def unmasked_partners(features: FeatureSet, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pair each masked row of a batch with an unmasked row of the same photo in that batch.
+
+    Returns:
+        Batch positions of the masked crops that have a partner, and of their partners.
+    """
+    photos, masked = features.photos[rows], features.masked[rows]
+    first_unmasked: dict[int, int] = {}
+    for position in np.flatnonzero(~masked):
+        first_unmasked.setdefault(int(photos[position]), int(position))
+    pairs = [
+        (int(position), first_unmasked[int(photos[position])])
+        for position in np.flatnonzero(masked)
+        if int(photos[position]) in first_unmasked
+    ]
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    masked_positions, partner_positions = zip(*pairs, strict=True)
+    return np.array(masked_positions), np.array(partner_positions)
+
+
 def embed_all(head: SiameseHead, features: FeatureSet, batch_size: int = 256) -> np.ndarray:
     """Return the head's unit descriptors of every row, (N, 512) float32."""
     head.eval()
@@ -141,16 +179,18 @@ def embed_all(head: SiameseHead, features: FeatureSet, batch_size: int = 256) ->
     return np.concatenate(outputs) if outputs else np.zeros((0, 512), dtype=np.float32)
 
 
-def masked_rank1(descriptors: np.ndarray, features: FeatureSet) -> tuple[float, int]:
+def masked_rank1(descriptors: np.ndarray, features: FeatureSet, *, masked: bool = True) -> tuple[float, int]:
     """Score masked probes against a gallery of each person's first unmasked crop.
 
     Probes of the gallery photo itself are left out, so a person needs two photos to count.
+    With ``masked=False`` the probes are the unmasked crops of the same photos instead.
     """
     gallery_rows: dict[int, int] = {}
     for row in np.flatnonzero(~features.masked):
         gallery_rows.setdefault(int(features.labels[row]), int(row))
     gallery_photos = {int(features.photos[row]) for row in gallery_rows.values()}
-    probes = [row for row in np.flatnonzero(features.masked) if int(features.photos[row]) not in gallery_photos]
+    probe_kind = features.masked if masked else ~features.masked
+    probes = [row for row in np.flatnonzero(probe_kind) if int(features.photos[row]) not in gallery_photos]
     if not probes:
         return 0.0, 0
     people = np.array(list(gallery_rows))
@@ -159,18 +199,54 @@ def masked_rank1(descriptors: np.ndarray, features: FeatureSet) -> tuple[float, 
     return float(np.mean(predicted == features.labels[probes])), len(probes)
 
 
+def batch_loss(
+    head: SiameseHead, teacher: SiameseHead, config: TrainingConfig, rows: np.ndarray, features: FeatureSet
+) -> torch.Tensor:
+    """Return the configured loss of one batch, with the distillation terms that are on."""
+    inputs, labels, masked = _tensors(features, rows)
+    embeddings = head.embed(inputs)
+    loss = compute_loss(config.loss, embeddings, labels, masked, config.loss_margin)
+    if config.distillation <= 0 and config.masked_distillation <= 0:
+        return loss
+
+    with torch.no_grad():
+        targets = teacher.embed(inputs)
+    if config.distillation > 0 and (~masked).any():
+        loss = loss + config.distillation * distillation_loss(embeddings[~masked], targets[~masked])
+    masked_positions, partners = unmasked_partners(features, rows)
+    if config.masked_distillation > 0 and len(masked_positions):
+        pulled = distillation_loss(embeddings[masked_positions], targets[partners])
+        loss = loss + config.masked_distillation * pulled
+    return loss
+
+
 def validate(
-    head: SiameseHead, features: FeatureSet, config: TrainingConfig, batches: list[np.ndarray]
+    head: SiameseHead,
+    teacher: SiameseHead,
+    features: FeatureSet,
+    config: TrainingConfig,
+    batches: list[np.ndarray],
 ) -> ValidationResult:
-    """Compute the validation loss on fixed batches and the masked rank-1."""
+    """Compute the validation loss on fixed batches and the masked and unmasked rank-1."""
     head.eval()
-    losses = []
     with torch.inference_mode():
-        for rows in batches:
-            inputs, labels, masked = _tensors(features, rows)
-            losses.append(float(compute_loss(config.loss, head.embed(inputs), labels, masked, config.loss_margin)))
-    rank1, probes = masked_rank1(embed_all(head, features), features)
-    return ValidationResult(float(np.mean(losses)) if losses else float("nan"), rank1, probes)
+        losses = [float(batch_loss(head, teacher, config, rows, features)) for rows in batches]
+    descriptors = embed_all(head, features)
+    rank1, probes = masked_rank1(descriptors, features)
+    unmasked_rank1, _ = masked_rank1(descriptors, features, masked=False)
+    return ValidationResult(float(np.mean(losses)) if losses else float("nan"), rank1, probes, unmasked_rank1)
+
+
+def is_better(candidate: ValidationResult, best: ValidationResult, base: ValidationResult, tolerance: float) -> bool:
+    """Tell whether ``candidate`` should replace ``best``.
+
+    An epoch that loses more than ``tolerance`` unmasked rank-1 against the untrained
+    head (``base``) never counts as better. Otherwise a higher masked rank-1 wins, and
+    ties go to the lower validation loss.
+    """
+    if candidate.unmasked_rank1 < base.unmasked_rank1 - tolerance:
+        return False
+    return (candidate.masked_rank1, -candidate.loss) > (best.masked_rank1, -best.loss)
 
 
 def train_head(
@@ -180,14 +256,21 @@ def train_head(
     config: TrainingConfig,
     *,
     show_progress: bool = True,
+    after_epoch: Callable[[int, SiameseHead], None] | None = None,
 ) -> TrainingResult:
     """Train ``head`` in place and return a copy of its best state with the training curve.
 
-    Training stops after ``config.patience`` epochs without a better validation masked
-    rank-1 (ties go to the lower validation loss), or after ``config.max_epochs``.
+    ``after_epoch(epoch, head)``, when given, runs after each epoch's validation, for
+    example to score the head on another benchmark.
+
+    Training stops after ``config.patience`` epochs without a better validation epoch
+    (see :func:`is_better`), or after ``config.max_epochs``.
     """
     from tqdm import tqdm
 
+    teacher = copy.deepcopy(head).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     validation_batches = epoch_batches(validation, config.batch_people, np.random.default_rng(config.seed + 1))
@@ -197,7 +280,7 @@ def train_head(
         weight_decay=config.weight_decay,
     )
 
-    history = [EpochRecord(0, None, validate(head, validation, config, validation_batches))]
+    history = [EpochRecord(0, None, validate(head, teacher, validation, config, validation_batches))]
     logger.info("untrained head: %s", history[0].validation)
     best_state, best_epoch = copy.deepcopy(head.state_dict()), 0
     for epoch in range(1, config.max_epochs + 1):
@@ -205,21 +288,24 @@ def train_head(
         head.train()
         losses = []
         for rows in tqdm(batches, unit="batch", desc=f"{config.loss} epoch {epoch}", disable=not show_progress):
-            inputs, labels, masked = _tensors(train, rows)
-            loss = compute_loss(config.loss, head.embed(inputs), labels, masked, config.loss_margin)
+            loss = batch_loss(head, teacher, config, rows, train)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        record = EpochRecord(epoch, float(np.mean(losses)), validate(head, validation, config, validation_batches))
+        record = EpochRecord(
+            epoch, float(np.mean(losses)), validate(head, teacher, validation, config, validation_batches)
+        )
         history.append(record)
+        if after_epoch is not None:
+            after_epoch(epoch, head)
         logger.info("epoch %d: train loss %.4f, validation %s", epoch, record.train_loss, record.validation)
 
         best = history[best_epoch].validation
-        if (record.validation.masked_rank1, -record.validation.loss) > (best.masked_rank1, -best.loss):
+        if is_better(record.validation, best, history[0].validation, config.unmasked_tolerance):
             best_state, best_epoch = copy.deepcopy(head.state_dict()), epoch
         elif epoch - best_epoch >= config.patience:
-            logger.info("stopping after epoch %d: no better validation rank-1 since epoch %d", epoch, best_epoch)
+            logger.info("stopping after epoch %d: no better validation epoch since epoch %d", epoch, best_epoch)
             break
 
     head.load_state_dict(best_state)
