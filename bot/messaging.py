@@ -38,7 +38,14 @@ async def reply_photo(bot: Bot, chat_id: int, message_id: int, photo: bytes, cap
 
 @contextlib.asynccontextmanager
 async def chat_action(bot: Bot, chat_id: int, action: str) -> AsyncIterator[None]:
-    """Show ``action`` in ``chat_id`` until the ``async with`` block ends, repeating it every few seconds."""
+    """Show ``action`` in ``chat_id`` until the ``async with`` block ends, repeating it every few seconds.
+
+    The first action is sent before the block starts, so that ending the block cannot
+    cancel it while its request is still in flight.
+    """
+    if not await _send_chat_action(bot, chat_id, action):
+        yield
+        return
     task = asyncio.create_task(_repeat_chat_action(bot, chat_id, action))
     try:
         yield
@@ -50,10 +57,17 @@ async def chat_action(bot: Bot, chat_id: int, action: str) -> AsyncIterator[None
 
 async def _repeat_chat_action(bot: Bot, chat_id: int, action: str) -> None:
     while True:
-        try:
-            await bot.send_chat_action(chat_id, action)
-        except TelegramError as exc:
-            # The action is cosmetic, so a failure ends the repetition but not the request.
-            logger.warning("chat action %s in chat %d failed: %s", action, chat_id, exc)
-            return
         await asyncio.sleep(CHAT_ACTION_REPEAT_S)
+        if not await _send_chat_action(bot, chat_id, action):
+            return
+
+
+async def _send_chat_action(bot: Bot, chat_id: int, action: str) -> bool:
+    """Send one chat action and return whether it was sent."""
+    try:
+        await bot.send_chat_action(chat_id, action)
+    except TelegramError as exc:
+        # The action is cosmetic, so a failure ends the repetition but not the request.
+        logger.warning("chat action %s in chat %d failed: %s", action, chat_id, exc)
+        return False
+    return True
