@@ -63,12 +63,15 @@ async def require_current_model(service: FaceService) -> None:
     if others:
         raise DatasetError(
             f"the gallery {service.settings.db_path} has templates of {', '.join(others)} but none of "
-            f"{service.model_id}; run `maskid gallery reembed` to embed its photos for this model, "
-            "or choose the gallery's model with --model"
+            f"{service.model_id}; embed its photos for this model with "
+            f"`maskid --model {service.settings.model} gallery reembed`, or use the gallery's model with --model "
+            "(base or siamese)"
         )
 
 
 async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    if args.directory.exists() and not args.directory.is_dir():
+        raise DatasetError(f"{args.directory} is a file, not a dataset folder; expected ROOT/<person>/<image> files")
     if not args.directory.is_dir():
         raise DatasetError(f"dataset folder {args.directory} not found; expected ROOT/<person>/<image> files")
     async with FaceService.from_settings(settings) as service:
@@ -94,6 +97,20 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
     return CommandResult("\n".join(lines), data, exit_code=1 if nothing_usable else 0)
 
 
+async def _source_of_existing_person(service: FaceService, name: str) -> str:
+    """Return the source under which the command line enrolls ``name``.
+
+    A person that `gallery build` created keeps receiving the photos, so that one name
+    stays one person; otherwise the person is the command line's.
+    """
+    people = await service.store.find_people(name)
+    if any(person.source == "cli" and person.owner_id is None for person in people):
+        return "cli"
+    if any(person.source == "dataset" and person.owner_id is None for person in people):
+        return "dataset"
+    return "cli"
+
+
 async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
     # Names follow the gallery build's rule, so `enroll Colin_Powell` adds to the person that
     # `gallery build` created from the folder Colin_Powell.
@@ -106,8 +123,9 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
         if not faces:
             raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
     async with service:
+        source = await _source_of_existing_person(service, name)
         results = [
-            await service.enroll(name, image, source="cli", faces=faces)
+            await service.enroll(name, image, source=source, faces=faces)
             for image, faces in zip(images, analysed, strict=True)
         ]
 
@@ -239,8 +257,9 @@ async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
     unsearchable = len(everyone) - len(summaries)
     if unsearchable:
         lines.append(
-            f"{plural(unsearchable, 'more person', 'more people')} only have templates of another model and "
-            "are not searched; run `maskid gallery reembed` to embed their photos for this one"
+            f"{unsearchable} more {'person only has' if unsearchable == 1 else 'people only have'} templates of "
+            "another model and are not searched; embed their photos for this model with "
+            f"`maskid --model {settings.model} gallery reembed`"
         )
     data = [
         {"id": summary.person.id, "name": summary.person.name, "source": summary.person.source,

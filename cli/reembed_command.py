@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from cli.commands import CommandResult, require_gallery
 from core.errors import DatasetError
-from core.reembed import ReembedSummary, reembed_gallery
+from core.reembed import NO_STORED_FILE, ReembedSummary, reembed_gallery
 from core.service import FaceService
 from core.settings import Settings
 
@@ -29,8 +30,8 @@ def register(gallery: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--from-model",
         metavar="MODEL_ID",
-        help="model id to read images from, as `maskid people --json` or the database lists it "
-        "(default: the only other model in the gallery)",
+        help="model id to read images from (default: the only other model in the gallery; when there are "
+        "several, the error lists them)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=gallery_reembed)
@@ -53,7 +54,10 @@ async def gallery_reembed(args: argparse.Namespace, settings: Settings) -> Comma
 async def _only_other_model(service: FaceService) -> str:
     others = await service.other_models()
     if not others:
-        raise DatasetError(f"no other model to re-embed from: every image is embedded with {service.model_id}")
+        raise DatasetError(
+            f"no other model to re-embed from: every image is embedded with {service.model_id}; choose the model "
+            "to move the gallery to with --model, for example `maskid --model base gallery reembed`"
+        )
     if len(others) > 1:
         raise DatasetError(
             f"the gallery has images of several models; choose one with --from-model: {', '.join(others)}"
@@ -68,14 +72,16 @@ def _format(summary: ReembedSummary) -> str:
         f"  embedded now:    {summary.reembedded}",
         f"  already present: {summary.already_done}",
         f"  no face found:   {summary.no_face}",
-        f"  missing:         {len(summary.missing)}",
+        f"  not re-embedded: {len(summary.missing)}",
     ]
-    lines += [f"    {label}: {reason}" for label, reason in summary.missing]
+    lines += [f"    {reason}" if label in reason else f"    {label}: {reason}" for label, reason in summary.missing]
     if summary.missing:
         lines.append(
-            "  the people of missing photos are not searchable with the new model until they are enrolled again; "
-            "restore the files and run this command again, or run it from the folder the gallery was built in"
+            "  the new model does not search these photos: restore the files and run this command again, "
+            "or enroll new photos of their people"
         )
+    if any(not Path(label).is_absolute() for label, reason in summary.missing if reason != NO_STORED_FILE):
+        lines.append("  relative paths are read from the current folder, so run it where the gallery was built")
     return "\n".join(lines)
 
 

@@ -22,10 +22,12 @@ from core.storage import ImageRecord, StoredImage
 
 logger = logging.getLogger(__name__)
 
+NO_STORED_FILE = "no file was stored: the photo came from a chat, and maskid keeps no photos"
+
 
 @dataclass
 class ReembedSummary:
-    """What a re-embedding run did.
+    """Outcome of one re-embedding run.
 
     Attributes:
         source_model_id: model whose images were read.
@@ -34,7 +36,7 @@ class ReembedSummary:
         reembedded: images enrolled under the target model by this run.
         already_done: images the target model had before this run (an earlier, interrupted run).
         no_face: images in which the target pipeline found no face.
-        missing: label and reason of each image that could not be read again.
+        missing: label and reason of each image that was not re-embedded (gone, changed or never stored).
     """
 
     source_model_id: str
@@ -79,7 +81,7 @@ async def reembed_gallery(service: FaceService, source_model_id: str, *, show_pr
 async def _reembed_image(service: FaceService, stored: StoredImage, summary: ReembedSummary) -> None:
     label = stored.path or f"image {stored.image_id} of {stored.person.name}"
     if stored.path is None:
-        summary.missing.append((label, "no file was stored: the photo came from a chat, and maskid keeps no photos"))
+        summary.missing.append((label, NO_STORED_FILE))
         return
 
     settings = service.settings

@@ -194,8 +194,8 @@ class FaceService:
         if others:
             logger.warning(
                 "gallery %s has templates of %s but none of %s, so nobody can be found; "
-                "run `maskid gallery reembed` or set MASKID_MODEL to the gallery's model",
-                self.store,
+                "run `maskid gallery reembed` with this model, or set MASKID_MODEL to the gallery's model",
+                self.settings.db_path,
                 ", ".join(others),
                 self.model_id,
             )

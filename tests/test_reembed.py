@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 from cli_environment import in_process_runner
 from gallery_helpers import head_info, service_for
 
@@ -199,3 +200,47 @@ def test_reembed_command_reports_missing_photo(
     assert result.json()["reembedded"] == len(PEOPLE) - 1
     assert result.json()["missing"][0]["image"] == str(photos[0][1])
     assert len(people.json()) == len(PEOPLE) - 1
+
+
+@pytest.mark.parametrize("content", ["tensor", "dict", "text"])
+def test_foreign_head_file_is_model_error(content: str, tmp_path: Path) -> None:
+    path = tmp_path / "head.pt"
+    if content == "text":
+        path.write_text("not a model")
+    else:
+        torch.save(torch.zeros(3) if content == "tensor" else {"weights": torch.zeros(3)}, path)
+
+    with pytest.raises(ModelError, match="is not a head file"):
+        load_backbone(Settings(cache_dir=tmp_path, model=str(path)))
+
+
+def test_head_folder_is_model_error(tmp_path: Path) -> None:
+    folder = tmp_path / "head.pt"
+    folder.mkdir()
+
+    with pytest.raises(ModelError, match="is a folder"):
+        load_backbone(Settings(cache_dir=tmp_path, model=str(folder)))
+
+
+@pytest.mark.datasets
+def test_enroll_adds_to_built_person(
+    pipeline: FacePipeline,
+    datasets_dir: Path,
+    model_cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    one_torch_thread: None,
+) -> None:
+    dataset = tmp_path / "dataset" / "Colin_Powell"
+    dataset.mkdir(parents=True)
+    shutil.copy(datasets_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0001.jpg", dataset)
+    run = in_process_runner(tmp_path / "gallery.sqlite3", model_cache_dir, tmp_path, pipeline, monkeypatch, capsys)
+
+    assert run("gallery", "build", tmp_path / "dataset").exit_code == 0
+    assert run("enroll", "Colin_Powell", datasets_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0002.jpg").exit_code == 0
+    people = run("people", "--json").json()
+
+    assert len(people) == 1
+    assert people[0]["source"] == "dataset"
+    assert people[0]["images"] == 2

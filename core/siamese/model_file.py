@@ -89,17 +89,25 @@ def load_head(path: Path) -> tuple[SiameseHead, SiameseModelInfo, str]:
     Raises:
         ModelError: the file is missing, unreadable, of another format, or its weights do not match its id.
     """
+    if path.is_dir():
+        raise ModelError(f"head file {path} is a folder; pass the .pt file that `maskid train siamese --out` wrote")
     if not path.is_file():
         raise ModelError(f"head file {path} not found; train one with `maskid train siamese`")
+    not_a_head = f"{path} is not a head file from `maskid train siamese`"
     try:
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise ModelError(f"cannot read head file {path}: {exc}") from exc
-    if payload.get("format") != FILE_FORMAT:
-        raise ModelError(f"head file {path} has format {payload.get('format')!r}, expected {FILE_FORMAT}")
-    info = SiameseModelInfo(**payload["info"])
-    head = SiameseHead(info.layer)
-    head.load_state_dict(payload["state_dict"])
+        raise ModelError(f"{not_a_head}: PyTorch cannot load it ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or not {"format", "info", "state_dict", "model_id"} <= payload.keys():
+        raise ModelError(f"{not_a_head}: it lacks the format, info, state_dict and model_id entries")
+    if payload["format"] != FILE_FORMAT:
+        raise ModelError(f"head file {path} has format {payload['format']!r}, but this maskid reads {FILE_FORMAT}")
+    try:
+        info = SiameseModelInfo(**payload["info"])
+        head = SiameseHead(info.layer)
+        head.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{not_a_head}: its contents do not match a head ({exc})") from exc
     head.eval()
     model_id = head_model_id(info.base_model_id, head)
     if model_id != payload["model_id"]:
