@@ -17,9 +17,11 @@ Sections:
 3. Detection on a downscaled copy: faces found in the large ``smoke`` photos at full
    resolution and on a copy at most ``detection_max_side`` pixels long.
 4. LFW dev-pairs accuracy of the embedding precisions, on one detection pass.
+5. Search at scale: ``scripts/bench_search.py`` with its defaults (galleries of 1e4, 1e5
+   and 1e6 synthetic templates), unless ``--skip-search``.
 
 The tables go into docs/benchmarks.md between the ``bench-throughput`` markers, and the
-plot into docs/img/bench_throughput.png.
+plot into docs/img/bench_throughput.png. The search benchmark writes its own section.
 
 Usage::
 
@@ -130,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--skip-masked-ident", action="store_true", help="leave out the two masked identification runs (about 15 min)"
     )
+    parser.add_argument(
+        "--skip-search", action="store_true", help="leave out the search-at-scale benchmark (about 12 min, 2.3 GB)"
+    )
     parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"), help="Markdown file to update")
     parser.add_argument("--no-doc", action="store_true", help="print the tables without writing the doc or plot")
     args = parser.parse_args(argv)
@@ -158,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_throughput(build_rows, plot_path)
         write_section(args.doc, section)
         logger.info("wrote %s and %s", args.doc, plot_path)
+
+    if not args.skip_search:
+        import bench_search
+
+        bench_search.main(["--doc", str(args.doc)] + (["--no-doc"] if args.no_doc else []))
     return 0
 
 
@@ -584,7 +594,8 @@ def render_section(base: Settings, args: argparse.Namespace, results: Results) -
         START_MARKER,
         "## Throughput against the plain facenet-pytorch loop",
         "",
-        "Written by `scripts/bench.py`; rerun it to replace this section (about 30 minutes on 2 cores):",
+        "Written by `scripts/bench.py`, which then runs `scripts/bench_search.py` for the next section; "
+        "rerun it to replace both (about 45 minutes on 2 cores, `--skip-search` for this section alone):",
         "",
         "```sh",
         "MASKID_TORCH_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python scripts/bench.py --datasets ../shared/datasets",
