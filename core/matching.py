@@ -92,20 +92,10 @@ class TemplateIndex:
             chat_ids: per template, the chat it was enrolled in, ``ANY_CHAT`` (0) for every chat.
             owner_ids: per template, the enrolling user, ``NO_OWNER`` (0) for none.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected (N, {self.dim}) vectors, got shape {vectors.shape}")
+        vectors, columns = template_columns(
+            self.dim, template_ids, person_ids, vectors, synthetic=synthetic, chat_ids=chat_ids, owner_ids=owner_ids
+        )
         count = len(vectors)
-        columns = {
-            "template_ids": np.asarray(template_ids, dtype=np.int64),
-            "person_ids": np.asarray(person_ids, dtype=np.int64),
-            "synthetic": np.zeros(count, dtype=bool) if synthetic is None else np.asarray(synthetic, dtype=bool),
-            "chat_ids": np.full(count, ANY_CHAT, dtype=np.int64) if chat_ids is None else np.asarray(chat_ids),
-            "owner_ids": np.full(count, NO_OWNER, dtype=np.int64) if owner_ids is None else np.asarray(owner_ids),
-        }
-        lengths = {name: len(column) for name, column in columns.items()}
-        if any(length != count for length in lengths.values()):
-            raise ValueError(f"every column needs one value per vector ({count}), got lengths {lengths}")
 
         self._vectors = np.concatenate([self._vectors, vectors])
         self._person_ids = np.concatenate([self._person_ids, columns["person_ids"]])
@@ -289,3 +279,37 @@ def _max_per_slot(
 def is_match(candidate: Candidate | None, threshold: float) -> bool:
     """Accept a candidate when its similarity reaches ``threshold`` (open-set decision)."""
     return candidate is not None and candidate.score >= threshold
+
+
+def template_columns(
+    dim: int,
+    template_ids: np.ndarray | Sequence[int],
+    person_ids: np.ndarray | Sequence[int],
+    vectors: np.ndarray | Sequence[np.ndarray],
+    *,
+    synthetic: np.ndarray | Sequence[bool] | None = None,
+    chat_ids: np.ndarray | Sequence[int] | None = None,
+    owner_ids: np.ndarray | Sequence[int] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Check new templates and return their (N, dim) float32 vectors and per-template columns.
+
+    Missing columns get their defaults: not synthetic, visible in every chat, no owner.
+
+    Raises:
+        ValueError: the vectors are not (N, dim), or a column does not have N values.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"expected (N, {dim}) vectors, got shape {vectors.shape}")
+    count = len(vectors)
+    columns = {
+        "template_ids": np.asarray(template_ids, dtype=np.int64),
+        "person_ids": np.asarray(person_ids, dtype=np.int64),
+        "synthetic": np.zeros(count, dtype=bool) if synthetic is None else np.asarray(synthetic, dtype=bool),
+        "chat_ids": np.full(count, ANY_CHAT, dtype=np.int64) if chat_ids is None else np.asarray(chat_ids),
+        "owner_ids": np.full(count, NO_OWNER, dtype=np.int64) if owner_ids is None else np.asarray(owner_ids),
+    }
+    lengths = {name: len(column) for name, column in columns.items()}
+    if any(length != count for length in lengths.values()):
+        raise ValueError(f"every column needs one value per vector ({count}), got lengths {lengths}")
+    return vectors, columns

@@ -32,9 +32,9 @@ from typing import Any, BinaryIO, Final
 import faiss
 import numpy as np
 
-from core.matching import DEFAULT_SYNTHETIC_WEIGHT, Candidate, TemplateIndex
+from core.matching import DEFAULT_SYNTHETIC_WEIGHT, Candidate, TemplateIndex, template_columns
 from core.settings import Settings
-from core.storage import ANY_CHAT, NO_OWNER, SYNTHETIC, GalleryStore, TemplateFingerprint, TemplateMatrix
+from core.storage import SYNTHETIC, GalleryStore, TemplateFingerprint, TemplateMatrix
 from core.storage.records import visible_in_chat
 
 logger = logging.getLogger(__name__)
@@ -230,20 +230,10 @@ class AnnTemplateIndex(TemplateIndex):
         owner_ids: np.ndarray | Sequence[int] | None = None,
     ) -> None:
         """Append templates to the metadata and to the FAISS index of their kind, as :meth:`TemplateIndex.add`."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"expected (N, {self.dim}) vectors, got shape {vectors.shape}")
+        vectors, columns = template_columns(
+            self.dim, template_ids, person_ids, vectors, synthetic=synthetic, chat_ids=chat_ids, owner_ids=owner_ids
+        )
         count = len(vectors)
-        columns = {
-            "template_ids": np.asarray(template_ids, dtype=np.int64),
-            "person_ids": np.asarray(person_ids, dtype=np.int64),
-            "synthetic": np.zeros(count, dtype=bool) if synthetic is None else np.asarray(synthetic, dtype=bool),
-            "chat_ids": np.full(count, ANY_CHAT, dtype=np.int64) if chat_ids is None else np.asarray(chat_ids),
-            "owner_ids": np.full(count, NO_OWNER, dtype=np.int64) if owner_ids is None else np.asarray(owner_ids),
-        }
-        lengths = {name: len(column) for name, column in columns.items()}
-        if any(length != count for length in lengths.values()):
-            raise ValueError(f"every column needs one value per vector ({count}), got lengths {lengths}")
 
         first_row = len(self._alive)
         rows = np.arange(first_row, first_row + count, dtype=np.int64)
