@@ -594,7 +594,7 @@ def render_section(base: Settings, args: argparse.Namespace, results: Results) -
         START_MARKER,
         "## Throughput against the plain facenet-pytorch loop",
         "",
-        "Written by `scripts/bench.py`, which then runs `scripts/bench_search.py` for the next section; "
+        "Written by `scripts/bench.py`, which then runs `scripts/bench_search.py` for the search-at-scale section; "
         "rerun it to replace both (about 45 minutes on 2 cores, `--skip-search` for this section alone):",
         "",
         "```sh",
