@@ -273,7 +273,14 @@ async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
 async def remove(args: argparse.Namespace, settings: Settings) -> CommandResult:
     require_gallery(settings)
     async with FaceService.from_settings(settings) as service:
-        removed = await service.remove(args.name)
+        name = args.name
+        folder_name = person_name_from_folder(name)
+        # `enroll Colin_Powell` stores "Colin Powell", so `remove Colin_Powell` finds that person
+        # too, unless someone is named with the underscores.
+        if folder_name != name and not await service.store.find_people(name):
+            if await service.store.find_people(folder_name):
+                name = folder_name
+        removed = await service.remove(name)
     lines = [
         f"removed {item.person.name!r} ({item.person.source}): "
         f"{plural(item.image_count, 'photo')}, {plural(item.template_count, 'template')}"

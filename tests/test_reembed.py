@@ -241,6 +241,10 @@ def test_enroll_adds_to_built_person(
     assert run("enroll", "Colin_Powell", datasets_dir / "lfw" / "Colin_Powell" / "Colin_Powell_0002.jpg").exit_code == 0
     people = run("people", "--json").json()
 
+    removed = run("remove", "Colin_Powell", "--json")
+
     assert len(people) == 1
     assert people[0]["source"] == "dataset"
     assert people[0]["images"] == 2
+    assert removed.exit_code == 0
+    assert [item["name"] for item in removed.json()] == ["Colin Powell"]
