@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.alignment import align_face
 from core.embedding import cpu_has_native_bf16
-from core.evaluation.lfw import k_fold_accuracy, read_pairs, split_folds
+from core.evaluation.lfw import k_fold_accuracy, pair_scores, read_pairs, split_folds
 from core.evaluation.reference import ReferencePipeline
 from core.gallery_build import DatasetImage, build_gallery, scan_dataset
 from core.images import DecodedImage, load_image
@@ -544,13 +544,7 @@ def bench_lfw_accuracy(base: Settings, datasets: Path, limit: int | None) -> lis
         began = time.perf_counter()
         vectors = dict(zip(keys, embedder.embed_with_features(stacked, flip=flip)[0], strict=True))
         elapsed = time.perf_counter() - began
-        scores = np.array(
-            [
-                float(vectors[p.first] @ vectors[p.second]) if p.first in vectors and p.second in vectors else np.nan
-                for p in pairs
-            ]
-        )
-        result = k_fold_accuracy(scores, same, split_folds(pairs))
+        result = k_fold_accuracy(pair_scores(pairs, vectors), same, split_folds(pairs))
         label = f"{precision} + flip" if flip else f"{precision}, no flip"
         accuracies[label] = result.accuracy
         lines.append(

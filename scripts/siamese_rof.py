@@ -44,7 +44,7 @@ from core.evaluation.identification import (
     score_protocol,
     standard_protocol,
 )
-from core.evaluation.lfw import k_fold_accuracy, read_pairs, split_folds
+from core.evaluation.lfw import k_fold_accuracy, pair_scores, read_pairs, split_folds
 from core.images import load_image
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.masks import synthesize_masked
@@ -183,16 +183,8 @@ def lfw_pairs_accuracy(photos: Mapping[Path, AnalysedPhoto], pairs_file: Path, i
     """Return the k-fold verification accuracy of the photos' descriptors on an LFW pairs file."""
     pairs = read_pairs(pairs_file, images_dir)
     vectors = {path: photo.face.embedding for path, photo in photos.items() if photo.face is not None}
-    scores = np.array(
-        [
-            float(vectors[pair.first] @ vectors[pair.second])
-            if pair.first in vectors and pair.second in vectors
-            else np.nan
-            for pair in pairs
-        ]
-    )
     same = np.array([pair.same for pair in pairs])
-    return k_fold_accuracy(scores, same, split_folds(pairs)).accuracy
+    return k_fold_accuracy(pair_scores(pairs, vectors), same, split_folds(pairs)).accuracy
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ block of different-person pairs. A file filtered from it keeps that order, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,6 +128,18 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float(thresholds[best[len(best) // 2]])
 
 
+def pair_scores(pairs: Sequence[Pair], vectors: Mapping[Path, np.ndarray]) -> np.ndarray:
+    """Return the cosine similarity of each pair's unit descriptors, NaN where a photo has none."""
+    return np.array(
+        [
+            float(vectors[pair.first] @ vectors[pair.second])
+            if pair.first in vectors and pair.second in vectors
+            else np.nan
+            for pair in pairs
+        ]
+    )
+
+
 def k_fold_accuracy(scores: np.ndarray, same: np.ndarray, folds: Sequence[np.ndarray]) -> VerificationResult:
     """Score each fold at the threshold that is best on all other folds.
 
@@ -210,14 +222,7 @@ def evaluate_pairs(
                     vectors[Path(image.source or "")] = face.embedding
             progress.update(len(batch))
 
-    scores = np.array(
-        [
-            float(vectors[pair.first] @ vectors[pair.second])
-            if pair.first in vectors and pair.second in vectors
-            else np.nan
-            for pair in pairs
-        ]
-    )
+    scores = pair_scores(pairs, vectors)
     same = np.array([pair.same for pair in pairs])
     return PairsEvaluation(
         result=k_fold_accuracy(scores, same, split_folds(pairs)),
