@@ -58,16 +58,17 @@ async def reembed_gallery(service: FaceService, source_model_id: str, *, show_pr
 
     summary = ReembedSummary(source_model_id, service.model_id)
     images = await service.store.enrolled_images(source_model_id)
-    done = await service.store.known_image_hashes(service.model_id)
+    # A photo counts as done per person, because one photo may be enrolled for two people.
+    enrolled = {(image.person.id, image.sha256) for image in await service.store.enrolled_images(service.model_id)}
+    without_face = await service.store.known_image_hashes(service.model_id, status="no_face")
     summary.images = len(images)
     logger.info("re-embedding %d images from %s to %s", len(images), source_model_id, service.model_id)
 
     for stored in tqdm(images, unit="photo", desc="re-embedding", disable=not show_progress):
-        if stored.sha256 in done:
+        if (stored.person.id, stored.sha256) in enrolled or stored.sha256 in without_face:
             summary.already_done += 1
             continue
         await _reembed_image(service, stored, summary)
-        done.add(stored.sha256)
 
     logger.info(
         "re-embedded %d images, %d missing, %d without a face",
@@ -87,14 +88,14 @@ async def _reembed_image(service: FaceService, stored: StoredImage, summary: Ree
     settings = service.settings
     try:
         data = read_image_bytes(Path(stored.path), max_bytes=settings.max_image_bytes, label=stored.path)
+        if hashlib.sha256(data).hexdigest() != stored.sha256:
+            summary.missing.append((label, "the file changed after enrollment"))
+            return
+        image = load_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, label=label)
     except InvalidImageError as exc:
         summary.missing.append((label, str(exc)))
         return
-    if hashlib.sha256(data).hexdigest() != stored.sha256:
-        summary.missing.append((label, "the file changed after enrollment"))
-        return
 
-    image = load_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, label=label)
     person = stored.person
     try:
         await service.enroll(person.name, image, source=person.source, owner_id=person.owner_id, chat_id=stored.chat_id)

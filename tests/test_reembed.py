@@ -248,3 +248,25 @@ def test_enroll_adds_to_built_person(
     assert people[0]["images"] == 2
     assert removed.exit_code == 0
     assert [item["name"] for item in removed.json()] == ["Colin Powell"]
+
+
+@pytest.mark.datasets
+async def test_reembed_same_photo_for_two_people(
+    settings: Settings,
+    pipeline: FacePipeline,
+    head_pipeline: FacePipeline,
+    datasets_dir: Path,
+    tmp_path: Path,
+    one_torch_thread: None,
+) -> None:
+    photo = copy_photos(datasets_dir, tmp_path / "photos")[0][1]
+    async with service_for(settings, pipeline) as service:
+        await service.enroll("First Name", load_image(photo, **LIMITS))
+        await service.enroll("Second Name", load_image(photo, **LIMITS))
+
+    async with service_for(settings, head_pipeline) as service:
+        summary = await reembed_gallery(service, pipeline.model_id, show_progress=False)
+
+    assert summary.images == 2
+    assert summary.reembedded == 2
+    assert summary.already_done == 0
