@@ -556,8 +556,8 @@ async def build_ann_index(
             keys = np.concatenate([sample_keys[kind], rng.random(len(vectors))])
             pool = np.concatenate([samples[kind], vectors])
             if len(keys) > sample_size:
-                kept = np.argpartition(keys, sample_size - 1)[:sample_size]
-                keys, pool = keys[kept], pool[kept]
+                sampled = np.argpartition(keys, sample_size - 1)[:sample_size]
+                keys, pool = keys[sampled], pool[sampled]
             sample_keys[kind], samples[kind] = keys, pool
 
     parts = {}

@@ -195,7 +195,7 @@ class TemplateFingerprint:
 
     Template ids are AUTOINCREMENT and never reused, so an enroll raises ``max_id`` and a
     deletion lowers ``count``. A search index saved with the same fingerprint as the
-    database therefore contains the same templates. ``last_created_at`` tells apart a database
+    database therefore contains the same templates. ``last_created_at`` distinguishes a database
     restored from a backup that then reached the same ids with other templates.
     NOTE: a template changed in place by an UPDATE is not detected; maskid never does that.
 
