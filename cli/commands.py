@@ -18,6 +18,7 @@ from core.errors import DatasetError, InvalidImageError, NoFaceError, StorageErr
 from core.evaluation.lfw import evaluate_pairs, read_pairs
 from core.gallery_build import build_gallery, person_name_from_folder
 from core.images import DecodedImage, load_image
+from core.mask_detection import MaskClassifier, shipped_classifier
 from core.pipeline import FacePipeline
 from core.service import FaceService, Identification, verify_images
 from core.settings import Settings
@@ -222,10 +223,17 @@ def identification_json(identification: Identification) -> dict[str, Any]:
     }
 
 
+def mask_classifier_for(pipeline: FacePipeline) -> MaskClassifier | None:
+    """Return the shipped mask classifier when the model compares masked faces on a part of their own, else None."""
+    if len(pipeline.layout.part_sizes) == 1:
+        return None
+    return shipped_classifier(pipeline.feature_model_id)
+
+
 async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
     first, second = load_images([args.first, args.second], settings)
     pipeline = FacePipeline.from_settings(settings)
-    verification = verify_images(pipeline, first, second, settings.verify_threshold)
+    verification = verify_images(pipeline, first, second, settings.verify_threshold, mask_classifier_for(pipeline))
     verdict = "same person" if verification.same else "different people"
     lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"]
     for image, box, count in zip((first, second), verification.boxes, verification.faces_found, strict=True):
@@ -277,9 +285,12 @@ async def remove(args: argparse.Namespace, settings: Settings) -> CommandResult:
         folder_name = person_name_from_folder(name)
         # `enroll Colin_Powell` stores "Colin Powell", so `remove Colin_Powell` finds that person
         # too, unless someone is named with the underscores.
-        if folder_name != name and not await service.store.find_people(name):
-            if await service.store.find_people(folder_name):
-                name = folder_name
+        if (
+            folder_name != name
+            and not await service.store.find_people(name)
+            and await service.store.find_people(folder_name)
+        ):
+            name = folder_name
         removed = await service.remove(name)
     lines = [
         f"removed {item.person.name!r} ({item.person.source}): "
@@ -314,6 +325,7 @@ async def eval_lfw_pairs(args: argparse.Namespace, settings: Settings) -> Comman
         max_image_pixels=settings.max_image_pixels,
         batch_size=settings.batch_size,
         show_progress=not args.json,
+        mask_classifier=mask_classifier_for(pipeline),
     )
     result = evaluation.result
     text = "\n".join(

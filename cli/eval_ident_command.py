@@ -214,7 +214,7 @@ async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandRes
         pipeline = ReferencePipeline(settings, margin=args.reference_margin)
     else:
         pipeline = FacePipeline.from_settings(settings)
-    matcher = build_matcher(args, settings, pipeline.feature_model_id)
+    matcher = build_matcher(args, settings, pipeline)
     cache_dir = args.cache_dir if args.cache_dir is not None else settings.cache_dir / "eval"
     cache = None if args.no_cache else EmbeddingCache(cache_dir / CACHE_FILE_NAME)
 
@@ -239,15 +239,14 @@ async def eval_ident(args: argparse.Namespace, settings: Settings) -> CommandRes
     return CommandResult(format_text(evaluation, seconds, plots), evaluation_json(evaluation, seconds, plots))
 
 
-def build_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -> Matcher:
-    """Return the matcher that ``--matcher`` names.
-
-    Args:
-        model_id: id of the pipeline's pooled-feature space, which the mask classifier reads.
+def build_matcher(args: argparse.Namespace, settings: Settings, pipeline: FacePipeline) -> Matcher:
+    """Return the matcher that ``--matcher`` names for ``pipeline``'s descriptors.
 
     Raises:
-        ModelError: the mask-aware matcher has no mask classifier for ``model_id``.
+        ModelError: the mask-aware matcher has no mask classifier for the pipeline's
+            pooled-feature space, which the classifier reads.
     """
+    model_id = pipeline.feature_model_id
     if args.matcher == "plain":
         return PlainMatcher()
     classifier = MaskClassifier.load(args.mask_classifier) if args.mask_classifier else shipped_classifier(model_id)
@@ -257,7 +256,7 @@ def build_matcher(args: argparse.Namespace, settings: Settings, model_id: str) -
             "--mask-classifier FILE, or use --matcher plain"
         )
     count = settings.synthetic_masks if args.synthetic_masks is None else args.synthetic_masks
-    return MaskAwareMatcher(classifier, synthetic_masks=count)
+    return MaskAwareMatcher(classifier, synthetic_masks=count, layout=pipeline.layout)
 
 
 def build_protocol(args: argparse.Namespace, settings: Settings) -> IdentificationProtocol:

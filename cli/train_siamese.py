@@ -112,8 +112,8 @@ def add_siamese_parser(train: argparse._SubParsersAction) -> None:
         "--distillation",
         type=float,
         default=defaults.distillation,
-        help="weight of the pull of unmasked descriptors towards the base network's, which keeps unmasked "
-        "accuracy; 0 turns it off (default: %(default)s)",
+        help="weight of the pull of unmasked descriptors towards the base network's; the Siamese model "
+        "compares unmasked faces on the base network's descriptors, so it needs none (default: %(default)s)",
     )
     parser.add_argument(
         "--masked-distillation",
@@ -126,8 +126,8 @@ def add_siamese_parser(train: argparse._SubParsersAction) -> None:
         "--unmasked-tolerance",
         type=float,
         default=defaults.unmasked_tolerance,
-        help="validation unmasked rank-1 an epoch may lose against the base network and still be kept "
-        "(default: %(default)s)",
+        help="validation unmasked rank-1 an epoch may lose against the base network and still be kept; "
+        "1 turns the check off (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=train_siamese)

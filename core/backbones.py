@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from core.calibration import DEFAULT_MASKED_THRESHOLD
+from core.descriptors import DescriptorLayout, single_part
 from core.facenet_weights import build_model, load_facenet_state_dict
 
 
@@ -22,6 +24,11 @@ class Backbone(Protocol):
     model_id: str
     input_size: int  # side of the square RGB crop it expects, in pixels
     embedding_dim: int
+    # The parts of the descriptor and the part each kind of probe is compared on
+    # (see core.descriptors); one part for a plain network.
+    layout: DescriptorLayout
+    # Cosine similarity from which a masked probe matches before the gallery is calibrated.
+    masked_threshold: float
     # The module (a dotted name for ``get_submodule``) whose output is the spatially
     # pooled trunk feature vector, and that vector's length.
     feature_layer: str
@@ -51,6 +58,8 @@ class FaceNetCasia:
     model_id = "facenet-casia-20180408"
     input_size = 160
     embedding_dim = 512
+    layout = single_part(embedding_dim)
+    masked_threshold = DEFAULT_MASKED_THRESHOLD
     feature_layer = "avgpool_1a"
     feature_dim = 1792
     feature_model_id = model_id

@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 ThresholdSource = Literal["settings", "calibrated", "default"]
 
 # Used before `maskid calibrate` has run: the thresholds at 1% FPIR on the masked
-# identification benchmark of docs/benchmarks.md (93 enrolled people).
+# identification benchmark of docs/benchmarks.md (93 enrolled people). A model whose
+# masked probes are compared on their own descriptor part has its own masked default
+# (see core.backbones.Backbone.masked_threshold).
 DEFAULT_UNMASKED_THRESHOLD = 0.56
 DEFAULT_MASKED_THRESHOLD = 0.62
 DEFAULT_TARGET_FPIR = 0.01
@@ -175,13 +177,21 @@ async def save_calibration(store: GalleryStore, calibration: Calibration) -> Non
 
 
 def resolve_thresholds(
-    unmasked_setting: float | None, masked_setting: float | None, calibration: Calibration | None
+    unmasked_setting: float | None,
+    masked_setting: float | None,
+    calibration: Calibration | None,
+    *,
+    masked_default: float = DEFAULT_MASKED_THRESHOLD,
 ) -> Thresholds:
-    """Choose each threshold: an explicit setting first, then the calibration, then the default."""
+    """Choose each threshold: an explicit setting first, then the calibration, then the default.
+
+    Args:
+        masked_default: the model's masked threshold before calibration.
+    """
     unmasked, unmasked_source = _pick(
         unmasked_setting, calibration and calibration.unmasked, DEFAULT_UNMASKED_THRESHOLD
     )
-    masked, masked_source = _pick(masked_setting, calibration and calibration.masked, DEFAULT_MASKED_THRESHOLD)
+    masked, masked_source = _pick(masked_setting, calibration and calibration.masked, masked_default)
     return Thresholds(unmasked, masked, unmasked_source, masked_source)
 
 

@@ -143,11 +143,21 @@ class Embedder:
                 descriptors = both[: len(batch)] + both[len(batch) :]
             else:
                 descriptors = network(batch)
-            descriptors = torch.nn.functional.normalize(descriptors.float(), dim=1)
+            descriptors = normalize_parts(descriptors.float(), self.backbone.layout.part_sizes)
         pooled = self._captured.output.flatten(1).float()
         if flip:
             pooled = (pooled[: len(batch)] + pooled[len(batch) :]) / 2
         return descriptors.float().cpu().numpy(), pooled.float().cpu().numpy()
+
+
+def normalize_parts(descriptors: torch.Tensor, part_sizes: tuple[int, ...]) -> torch.Tensor:
+    """Scale each part of (N, D) descriptors to length ``1 / sqrt(parts)``, so every row has unit length.
+
+    See :mod:`core.descriptors`; with one part this is plain L2 normalisation.
+    """
+    parts = torch.split(descriptors, list(part_sizes), dim=1)
+    scale = 1.0 / len(parts) ** 0.5
+    return torch.cat([torch.nn.functional.normalize(part, dim=1) * scale for part in parts], dim=1)
 
 
 @functools.cache

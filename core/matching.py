@@ -132,16 +132,25 @@ class TemplateIndex:
         return removed
 
     def search(
-        self, probe: np.ndarray, k: int = 3, *, chat_id: int | None = None, synthetic: bool = False
+        self,
+        probe: np.ndarray,
+        k: int = 3,
+        *,
+        chat_id: int | None = None,
+        synthetic: bool = False,
+        locator: np.ndarray | None = None,
     ) -> list[Candidate]:
         """Return up to ``k`` distinct people, best first, each scored by their closest template.
 
         Args:
-            probe: (dim,) float32 unit-length descriptor.
+            probe: (dim,) float32 descriptor, unit length or a part of one (see
+                :meth:`core.descriptors.DescriptorLayout.probe_vector`).
             k: number of people to return (at least 1).
             chat_id: the chat the query comes from; only templates visible there are
                 searched (see :func:`core.storage.records.visible_in_chat`). None searches all.
             synthetic: search the synthetic-mask templates instead of the original ones.
+            locator: the probe's whole descriptor, which an approximate index uses to
+                decide where to look; exact search ignores it.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -171,6 +180,7 @@ class TemplateIndex:
         *,
         chat_id: int | None = None,
         synthetic_weight: float = DEFAULT_SYNTHETIC_WEIGHT,
+        locator: np.ndarray | None = None,
     ) -> list[Candidate]:
         """Rank people for a masked probe by fusing synthetic-mask and original templates.
 
@@ -186,6 +196,7 @@ class TemplateIndex:
             k: number of people to return (at least 1).
             chat_id: as for :meth:`search`.
             synthetic_weight: ``w`` in [0, 1].
+            locator: as for :meth:`search`.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")

@@ -11,9 +11,11 @@ import numpy as np
 
 from core.alignment import AlignmentConfig, align_face
 from core.backbones import Backbone, FaceNetCasia
+from core.descriptors import DescriptorLayout
 from core.detection import DetectedFace, FaceDetector
 from core.embedding import Embedder
 from core.images import DecodedImage
+from core.mask_detection import MaskClassifier
 from core.masks import synthesize_masked
 from core.settings import BASE_MODEL, SIAMESE_MODEL, Settings
 
@@ -120,6 +122,11 @@ class FacePipeline:
         flip = "+flip" if self.embedder.flip else ""
         return f"{self.embedder.backbone.feature_model_id}{flip}/{self.alignment.tag}"
 
+    @property
+    def layout(self) -> DescriptorLayout:
+        """The descriptor's parts and the part each kind of probe is compared on (see :mod:`core.descriptors`)."""
+        return self.embedder.backbone.layout
+
     def analyze(self, image: DecodedImage) -> list[Face]:
         """Return every face in ``image`` with its descriptor, largest first."""
         return self.analyze_batch([image])[0]
@@ -183,6 +190,20 @@ def load_backbone(settings: Settings) -> Backbone:
 
     head = shipped_head_path() if settings.model == SIAMESE_MODEL else Path(settings.model)
     return SiameseBackbone(settings, head)
+
+
+def face_similarity(
+    layout: DescriptorLayout, first: Face, second: Face, classifier: MaskClassifier | None = None
+) -> float:
+    """Return the cosine similarity of two faces on the part for their mask state.
+
+    The pair is compared on the masked part when ``classifier`` finds a mask on either
+    face, and on the unmasked part otherwise. A single-part descriptor is compared whole.
+    """
+    masked = classifier is not None and any(
+        face.features is not None and bool(classifier.is_masked(face.features)) for face in (first, second)
+    )
+    return layout.similarity(first.embedding, second.embedding, masked)
 
 
 def masked_variants_seed(sha256: str) -> int:

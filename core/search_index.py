@@ -108,9 +108,26 @@ class _KindIndex:
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.rows = np.concatenate([self.rows, rows.astype(np.int64)])
 
-    def search(self, probe: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return the scores and rows of up to ``count`` nearest templates, best first."""
-        scores, ids = self.index.search(probe[np.newaxis], min(count, self.size))
+    def search(self, probe: np.ndarray, count: int, locator: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the scores and rows of up to ``count`` nearest templates, best first.
+
+        Args:
+            locator: where an IVF index looks: it scans the inverted lists nearest to
+                ``locator`` and scores their templates against ``probe``. None uses ``probe``.
+        """
+        count = min(count, self.size)
+        ivf = faiss.try_extract_index_ivf(self.index) if locator is not None else None
+        if ivf is None:
+            scores, ids = self.index.search(probe[np.newaxis], count)
+        else:
+            _, lists = ivf.quantizer.search(locator[np.newaxis], ivf.nprobe)
+            # SQ8 codes hold residuals from the list centroids, so the scan adds the probe's
+            # own similarity to each centroid: the probe's, not the locator's. FAISS pads
+            # with list -1, which it skips, when there are fewer lists than nprobe.
+            valid = lists[0] >= 0
+            centroid_scores = np.zeros(lists.shape, dtype=np.float32)
+            centroid_scores[0, valid] = ivf.quantizer.reconstruct_batch(lists[0, valid]) @ probe
+            scores, ids = ivf.search_preassigned(probe[np.newaxis], count, lists, centroid_scores)
         found = ids[0] >= 0
         return scores[0][found], self.rows[ids[0][found]]
 
@@ -268,20 +285,31 @@ class AnnTemplateIndex(TemplateIndex):
         return removed
 
     def search(
-        self, probe: np.ndarray, k: int = 3, *, chat_id: int | None = None, synthetic: bool = False
+        self,
+        probe: np.ndarray,
+        k: int = 3,
+        *,
+        chat_id: int | None = None,
+        synthetic: bool = False,
+        locator: np.ndarray | None = None,
     ) -> list[Candidate]:
         """Return up to ``k`` distinct people, best first, each scored by their closest template found.
 
-        Arguments are those of :meth:`TemplateIndex.search`.
+        Arguments are those of :meth:`TemplateIndex.search`. The IVF backend picks the
+        inverted lists to scan with ``locator``, the probe's whole descriptor, when given.
+        A probe compared on one part of its descriptor (see :mod:`core.descriptors`) is
+        zero elsewhere, so lists chosen by it alone miss templates the whole descriptor finds.
         """
         probe = self._check_query(probe, k)
+        if locator is not None:
+            locator = self._check_query(locator, k)
         part = self._parts[synthetic]
         if part.size == 0:
             return []
 
         fetch = k * _FETCH_FACTOR
         while True:
-            scores, rows = part.search(probe, fetch)
+            scores, rows = part.search(probe, fetch, locator)
             keep = self._searchable(rows, chat_id)
             candidates = self._top_people(scores[keep], rows[keep], k, len(rows[keep]))
             if len(candidates) == k:
@@ -303,6 +331,7 @@ class AnnTemplateIndex(TemplateIndex):
         *,
         chat_id: int | None = None,
         synthetic_weight: float = DEFAULT_SYNTHETIC_WEIGHT,
+        locator: np.ndarray | None = None,
     ) -> list[Candidate]:
         """Rank people for a masked probe as :meth:`TemplateIndex.search_masked` does.
 
@@ -318,7 +347,8 @@ class AnnTemplateIndex(TemplateIndex):
         for kind in (True, False):
             if self._parts[kind].size:
                 people.update(
-                    candidate.person_id for candidate in self.search(probe, k, chat_id=chat_id, synthetic=kind)
+                    candidate.person_id
+                    for candidate in self.search(probe, k, chat_id=chat_id, synthetic=kind, locator=locator)
                 )
         if len(people) < k:
             rows = np.flatnonzero(self._searchable(np.arange(len(self._alive)), chat_id))

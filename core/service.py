@@ -18,12 +18,19 @@ from typing import Self, TypeVar
 
 import numpy as np
 
-from core.calibration import Calibration, calibrate, load_calibration, resolve_thresholds, save_calibration
+from core.calibration import (
+    Calibration,
+    Thresholds,
+    calibrate,
+    load_calibration,
+    resolve_thresholds,
+    save_calibration,
+)
 from core.errors import ModelError, NoFaceError, PersonNotFoundError, StorageError
 from core.images import DecodedImage
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.matching import Candidate, TemplateIndex, is_match
-from core.pipeline import Face, FacePipeline, main_face
+from core.pipeline import Face, FacePipeline, face_similarity, main_face
 from core.search_index import AnnTemplateIndex, index_path, open_template_index, save_if_current, search_index_folder
 from core.settings import Settings
 from core.storage import (
@@ -138,7 +145,7 @@ class FaceService:
         self.pipeline = pipeline
         self.mask_classifier = mask_classifier
         self.index = TemplateIndex(pipeline.embedder.embedding_dim)
-        self.thresholds = resolve_thresholds(settings.match_threshold, settings.masked_match_threshold, None)
+        self.thresholds = self._resolve_thresholds(None)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskid-model")
         self._people: dict[int, Person] = {}
 
@@ -178,10 +185,7 @@ class FaceService:
         logger.info("gallery %s: %d templates of model %s loaded", self.store, len(self.index), self.model_id)
         if len(self.index) == 0:
             await self._warn_about_other_models()
-        calibration = await load_calibration(self.store, self.model_id)
-        self.thresholds = resolve_thresholds(
-            self.settings.match_threshold, self.settings.masked_match_threshold, calibration
-        )
+        self.thresholds = self._resolve_thresholds(await load_calibration(self.store, self.model_id))
         logger.info("thresholds: %s", self.thresholds)
 
     async def other_models(self) -> list[str]:
@@ -330,9 +334,10 @@ class FaceService:
     def search(self, face: Face, *, top_k: int, chat_id: int | None, masked: bool) -> list[Candidate]:
         """Rank people by the rule of the probe's kind: fused synthetic and original templates for a
         masked face, original templates for an unmasked one."""
+        probe = self.pipeline.layout.probe_vector(face.embedding, masked)
         if masked:
-            return self.index.search_masked(face.embedding, k=top_k, chat_id=chat_id)
-        return self.index.search(face.embedding, k=top_k, chat_id=chat_id)
+            return self.index.search_masked(probe, k=top_k, chat_id=chat_id, locator=face.embedding)
+        return self.index.search(probe, k=top_k, chat_id=chat_id, locator=face.embedding)
 
     async def calibrate(self, faces: Sequence[Face], target_fpir: float) -> Calibration:
         """Pick and store each probe kind's threshold from ``faces`` of people who are not enrolled.
@@ -348,15 +353,22 @@ class FaceService:
                 scores[masked].append(candidates[0].score)
         calibration = calibrate(self.model_id, np.array(scores[False]), np.array(scores[True]), target_fpir=target_fpir)
         await save_calibration(self.store, calibration)
-        stored = await load_calibration(self.store, self.model_id)
-        self.thresholds = resolve_thresholds(
-            self.settings.match_threshold, self.settings.masked_match_threshold, stored
-        )
+        self.thresholds = self._resolve_thresholds(await load_calibration(self.store, self.model_id))
         return calibration
+
+    def _resolve_thresholds(self, calibration: Calibration | None) -> Thresholds:
+        return resolve_thresholds(
+            self.settings.match_threshold,
+            self.settings.masked_match_threshold,
+            calibration,
+            masked_default=self.pipeline.embedder.backbone.masked_threshold,
+        )
 
     async def verify(self, first: DecodedImage, second: DecodedImage) -> Verification:
         """Compare the main faces of two photos on the worker pool; see :func:`verify_images`."""
-        return await self.run_model(verify_images, self.pipeline, first, second, self.settings.verify_threshold)
+        return await self.run_model(
+            verify_images, self.pipeline, first, second, self.settings.verify_threshold, self.mask_classifier
+        )
 
     async def remove(self, name: str) -> list[RemovedPerson]:
         """Delete every person called ``name`` with their templates.
@@ -408,8 +420,17 @@ class FaceService:
         return removed
 
 
-def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedImage, threshold: float) -> Verification:
+def verify_images(
+    pipeline: FacePipeline,
+    first: DecodedImage,
+    second: DecodedImage,
+    threshold: float,
+    mask_classifier: MaskClassifier | None = None,
+) -> Verification:
     """Compare the main faces of two photos: cosine similarity and whether it reaches ``threshold``.
+
+    With ``mask_classifier``, a model with a masked part compares a pair with a masked
+    face on that part (see :func:`core.pipeline.face_similarity`).
 
     Raises:
         NoFaceError: either photo has no face; the message names it.
@@ -423,7 +444,7 @@ def verify_images(pipeline: FacePipeline, first: DecodedImage, second: DecodedIm
         faces.append(face)
         counts.append(len(found))
 
-    score = float(faces[0].embedding @ faces[1].embedding)
+    score = face_similarity(pipeline.layout, faces[0], faces[1], mask_classifier)
     return Verification(
         score=score,
         same=score >= threshold,

@@ -1,7 +1,8 @@
 """Search at scale: build time, start-up, query latency, recall and memory on synthetic galleries.
 
-For each gallery size the script writes a real SQLite gallery of 512-d templates, then
-measures every search backend in fresh subprocesses, so that memory numbers do not mix.
+For each gallery size the script writes a real SQLite gallery of ``--dim``-value templates (512
+values by default), then measures every search backend in fresh subprocesses, so that
+memory numbers do not mix.
 One process builds the index from the database and saves it. A second one starts from
 the database as ``FaceService.start`` does, loading the saved index when it is valid,
 and runs the queries. The results go into a table and a log-log plot of latency against
@@ -14,11 +15,22 @@ percent of the people are enrolled in group chat -100 and five percent in group 
 -200; the others are visible in every chat. Queries run once over every template (as
 the command line does) and once from chat -100 (as the bot does there).
 
+With ``--parts 2`` each template is two descriptors of ``--dim / 2`` values, as
+``core.descriptors`` stores them: a person's centre has two independent random unit
+parts, each template part is a noisy sample of its centre part as above, and each part
+is scaled by 1/sqrt(2). Each query is then the probe vector that
+``DescriptorLayout.probe_vector`` makes, which keeps only the masked part (part 0, for
+even-numbered queries) or the unmasked part (part 1, for odd-numbered ones). The exact
+reference scores the same probe vectors.
+
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_search.py --sizes 10000 100000 1000000
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_search.py --sizes 1000000 --backends ivf --dim 1024 --parts 2
 
-The 1e6 gallery takes about 2.3 GB of disk in ``--work-dir`` (default: a temporary folder).
+A gallery takes about 4.6 bytes of disk per template value in ``--work-dir`` (default: a
+temporary folder), so 2.3 GB at 1e6 templates of 512 values, and its saved index up to
+1.6 bytes more.
 """
 
 from __future__ import annotations
@@ -50,13 +62,17 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from core import search_index  # noqa: E402
+from core.descriptors import DescriptorLayout, single_part  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import SqliteGalleryStore  # noqa: E402
 
 logger = logging.getLogger("bench_search")
 
-DIM = 512
-MODEL_ID = "bench-synthetic-512"
+DEFAULT_DIM = 512
+# Disk per template value, in bytes, of the SQLite gallery and of the saved SQ8 index (about
+# 1.1 for IVF, 1.6 for HNSW). Both are estimates from this script's runs at 1e5 and 1e6 templates.
+GALLERY_BYTES_PER_VALUE = 4.6
+INDEX_BYTES_PER_VALUE = 1.6
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_BACKENDS = ("exact", "ivf", "hnsw")
 # HNSW builds take long on few cores (see the doc), so larger galleries skip it by default.
@@ -102,23 +118,58 @@ class Row:
 # Synthetic gallery.
 
 
+def descriptor_layout(dim: int, parts: int) -> DescriptorLayout:
+    """Return the layout of ``dim``-value descriptors made of ``parts`` equal parts.
+
+    Two parts follow the product's two-part model: a masked probe is compared on part 0
+    and any other probe on part 1.
+    """
+    if parts == 1:
+        return single_part(dim)
+    if parts == 2:
+        return DescriptorLayout((dim // 2, dim // 2), masked_part=0, unmasked_part=1)
+    raise ValueError(f"parts must be 1 or 2, got {parts}")
+
+
+def model_id_of(layout: DescriptorLayout) -> str:
+    """Return the model id the synthetic templates of ``layout`` are stored under."""
+    parts = len(layout.part_sizes)
+    suffix = "" if parts == 1 else f"-{parts}parts"
+    return f"bench-synthetic-{layout.dim}{suffix}"
+
+
 def unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def centres(seed: int, people: int) -> np.ndarray:
-    return unit(np.random.default_rng([seed, 0]).standard_normal((people, DIM), dtype=np.float32))
+def unit_parts(vectors: np.ndarray, layout: DescriptorLayout) -> np.ndarray:
+    """Return ``vectors`` with each row's parts scaled to length 1/sqrt(parts), so every row is unit length."""
+    scale = np.float32(1 / np.sqrt(len(layout.part_sizes)))
+    return np.concatenate([unit(vectors[:, start:end]) * scale for start, end in layout.bounds], axis=1)
 
 
-def noisy(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
-    scale = np.float32(np.sqrt(NOISE_VARIANCE / DIM))
-    return unit(base + scale * rng.standard_normal(base.shape, dtype=np.float32))
+def centres(seed: int, people: int, layout: DescriptorLayout) -> np.ndarray:
+    """Return each person's centre: one independent random unit vector per part."""
+    rng = np.random.default_rng([seed, 0])
+    return unit_parts(rng.standard_normal((people, layout.dim), dtype=np.float32), layout)
 
 
-def chunk_templates(seed: int, all_centres: np.ndarray, first: int, count: int, per_person: int) -> np.ndarray:
+def noisy(rng: np.random.Generator, base: np.ndarray, layout: DescriptorLayout) -> np.ndarray:
+    """Return a new sample around each row of ``base``, with noise of ``NOISE_VARIANCE`` relative to each part."""
+    noise = rng.standard_normal(base.shape, dtype=np.float32)
+    parts = len(layout.part_sizes)
+    for start, end in layout.bounds:
+        # A part of ``base`` has length 1/sqrt(parts), so its noise is scaled down as much.
+        noise[:, start:end] *= np.float32(np.sqrt(NOISE_VARIANCE / ((end - start) * parts)))
+    return unit_parts(base + noise, layout)
+
+
+def chunk_templates(
+    seed: int, all_centres: np.ndarray, first: int, count: int, per_person: int, layout: DescriptorLayout
+) -> np.ndarray:
     """Return the templates of people ``first .. first + count - 1``, person by person."""
     rng = np.random.default_rng([seed, 1, first])
-    return noisy(rng, np.repeat(all_centres[first : first + count], per_person, axis=0))
+    return noisy(rng, np.repeat(all_centres[first : first + count], per_person, axis=0), layout)
 
 
 def chat_of(person_index: np.ndarray) -> np.ndarray:
@@ -129,7 +180,7 @@ def chat_of(person_index: np.ndarray) -> np.ndarray:
     return chats
 
 
-def write_gallery(path: Path, seed: int, templates: int, per_person: int) -> None:
+def write_gallery(path: Path, seed: int, templates: int, per_person: int, layout: DescriptorLayout) -> None:
     """Write a gallery of ``templates`` templates to a new SQLite file with the maskid schema.
 
     The store creates the file and its schema. The rows are then inserted in bulk with
@@ -144,14 +195,15 @@ def write_gallery(path: Path, seed: int, templates: int, per_person: int) -> Non
             pass
 
     asyncio.run(create())
-    all_centres = centres(seed, people)
+    all_centres = centres(seed, people, layout)
+    model_id = model_id_of(layout)
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA synchronous = OFF")
     try:
         for first in range(0, people, PEOPLE_PER_CHUNK):
             count = min(PEOPLE_PER_CHUNK, people - first)
-            vectors = chunk_templates(seed, all_centres, first, count, per_person)
+            vectors = chunk_templates(seed, all_centres, first, count, per_person, layout)
             person_index = np.arange(first, first + count)
             chats = chat_of(person_index)
             with connection:
@@ -164,7 +216,7 @@ def write_gallery(path: Path, seed: int, templates: int, per_person: int) -> Non
                     "INSERT INTO images (id, person_id, model_id, sha256, path, width, height, status, faces_found,"
                     " created_at) VALUES (?, ?, ?, ?, NULL, 250, 250, 'enrolled', ?, ?)",
                     (
-                        (int(p) + 1, int(p) + 1, MODEL_ID, hashlib.sha256(str(p).encode()).hexdigest(), per_person, now)
+                        (int(p) + 1, int(p) + 1, model_id, hashlib.sha256(str(p).encode()).hexdigest(), per_person, now)
                         for p in person_index
                     ),
                 )
@@ -177,9 +229,9 @@ def write_gallery(path: Path, seed: int, templates: int, per_person: int) -> Non
                             first * per_person + row + 1,
                             int(first + row // per_person) + 1,
                             int(first + row // per_person) + 1,
-                            MODEL_ID,
+                            model_id,
                             vectors[row].astype("<f4").tobytes(),
-                            DIM,
+                            layout.dim,
                             None if chats[row // per_person] == 0 else int(chats[row // per_person]),
                             now,
                         )
@@ -191,26 +243,39 @@ def write_gallery(path: Path, seed: int, templates: int, per_person: int) -> Non
         connection.close()
 
 
-def make_queries(seed: int, people: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``count`` queries, each a new sample of a random gallery person, and those people's indexes."""
+def make_queries(seed: int, people: int, count: int, layout: DescriptorLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``count`` query descriptors, each a new sample of a random gallery person, and those people's indexes.
+
+    Each query is searched with its probe vector (see :func:`probe_vectors`) and the
+    descriptor itself as the locator, as the service searches.
+    """
     rng = np.random.default_rng([seed, 2])
     targets = rng.integers(0, people, size=count)
-    return noisy(rng, centres(seed, people)[targets]), targets
+    return noisy(rng, centres(seed, people, layout)[targets], layout), targets
+
+
+def probe_vectors(samples: np.ndarray, layout: DescriptorLayout) -> np.ndarray:
+    """Return the probe vector of each sample, with even-numbered rows masked probes and odd-numbered rows not.
+
+    A single-part layout returns the samples unchanged.
+    """
+    vectors = [layout.probe_vector(sample, masked=row % 2 == 0) for row, sample in enumerate(samples)]
+    return np.stack(vectors).astype(np.float32)
 
 
 def exact_reference(
-    seed: int, people: int, per_person: int, queries: np.ndarray, chat_id: int | None
+    seed: int, people: int, per_person: int, queries: np.ndarray, chat_id: int | None, layout: DescriptorLayout
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the exact top-k person ids (1-based, as stored) and top-1 scores, from the generated vectors.
 
     This is an independent brute-force search over float32 templates, person by person.
     """
-    all_centres = centres(seed, people)
+    all_centres = centres(seed, people, layout)
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_people = np.zeros((len(queries), 0), dtype=np.int64)
     for first in range(0, people, PEOPLE_PER_CHUNK):
         count = min(PEOPLE_PER_CHUNK, people - first)
-        vectors = chunk_templates(seed, all_centres, first, count, per_person)
+        vectors = chunk_templates(seed, all_centres, first, count, per_person, layout)
         person_scores = (queries @ vectors.T).reshape(len(queries), count, per_person).max(axis=2)
         person_index = np.arange(first, first + count)
         if chat_id is not None:
@@ -237,12 +302,12 @@ def rss_mb() -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
-async def open_index(db_path: Path, backend: str) -> tuple[Any, float]:
+async def open_index(db_path: Path, backend: str, layout: DescriptorLayout) -> tuple[Any, float]:
     """Open the gallery and its search index as ``FaceService.start`` does; return the index and seconds taken."""
     settings = Settings(db_path=db_path, search_index=backend)
     started = time.perf_counter()
     async with SqliteGalleryStore(db_path) as store:
-        index = await search_index.open_template_index(store, MODEL_ID, DIM, settings)
+        index = await search_index.open_template_index(store, model_id_of(layout), layout.dim, settings)
     return index, time.perf_counter() - started
 
 
@@ -250,22 +315,24 @@ def worker(arguments: argparse.Namespace) -> None:
     """Run one measurement in this process and write its JSON result."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     db_path = Path(arguments.db)
+    layout = descriptor_layout(arguments.dim, arguments.parts)
     if arguments.phase == "build":
         shutil.rmtree(db_path.with_name(f"{db_path.name}.search-index"), ignore_errors=True)
-        _, seconds = asyncio.run(open_index(db_path, arguments.backend))
+        _, seconds = asyncio.run(open_index(db_path, arguments.backend, layout))
         result = {"build_s": seconds, "peak_rss_mb": rss_mb()[1]}
     else:
-        index, seconds = asyncio.run(open_index(db_path, arguments.backend))
+        index, seconds = asyncio.run(open_index(db_path, arguments.backend, layout))
         rss_after_start, _ = rss_mb()
         queries = np.load(arguments.queries_file)
+        probes = probe_vectors(queries, layout)
         result = {"startup_s": seconds, "rss_mb": rss_after_start, "type": type(index).__name__}
         for label, chat_id in (("all", None), ("chat", QUERY_CHAT)):
-            for probe in queries[:20]:
-                index.search(probe, k=TOP_K, chat_id=chat_id)
+            for probe, query in zip(probes[:20], queries[:20], strict=True):
+                index.search(probe, k=TOP_K, chat_id=chat_id, locator=query)
             latencies, found, scores = [], [], []
-            for probe in queries:
+            for probe, query in zip(probes, queries, strict=True):
                 started = time.perf_counter()
-                candidates = index.search(probe, k=TOP_K, chat_id=chat_id)
+                candidates = index.search(probe, k=TOP_K, chat_id=chat_id, locator=query)
                 latencies.append(time.perf_counter() - started)
                 found.append([candidate.person_id for candidate in candidates] + [0] * (TOP_K - len(candidates)))
                 scores.append(candidates[0].score if candidates else float("nan"))
@@ -274,11 +341,15 @@ def worker(arguments: argparse.Namespace) -> None:
     Path(arguments.out).write_text(json.dumps(result))
 
 
-def run_worker(db_path: Path, backend: str, phase: str, queries_path: Path, threads: int) -> dict[str, Any]:
+def run_worker(
+    db_path: Path, backend: str, phase: str, queries_path: Path, threads: int, layout: DescriptorLayout
+) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess and return its JSON result."""
     out = db_path.with_name(f"result-{backend}-{phase}.json")
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     command = [sys.executable, __file__, "--worker", "--db", str(db_path), "--backend", backend]
     command += ["--phase", phase, "--queries-file", str(queries_path), "--out", str(out)]
+    command += ["--dim", str(layout.dim), "--parts", str(len(layout.part_sizes))]
     logger.info("measure: %s %s on %s", phase, backend, db_path.name)
     subprocess.run(command, check=True, env=environment)
     return json.loads(out.read_text())
@@ -290,16 +361,17 @@ def run_worker(db_path: Path, backend: str, phase: str, queries_path: Path, thre
 def measure_size(templates: int, backends: list[str], arguments: argparse.Namespace, work_dir: Path) -> list[Row]:
     per_person = arguments.templates_per_person
     people = templates // per_person
+    layout = descriptor_layout(arguments.dim, arguments.parts)
     db_path = work_dir / f"gallery-{templates}.sqlite3"
     started = time.perf_counter()
-    write_gallery(db_path, arguments.seed, templates, per_person)
+    write_gallery(db_path, arguments.seed, templates, per_person, layout)
     logger.info("gallery: %d templates written in %.1f s", templates, time.perf_counter() - started)
 
-    queries, targets = make_queries(arguments.seed, people, arguments.queries)
+    queries, targets = make_queries(arguments.seed, people, arguments.queries, layout)
     queries_path = work_dir / f"queries-{templates}.npy"
     np.save(queries_path, queries)
     reference = {
-        label: exact_reference(arguments.seed, people, per_person, queries, chat)
+        label: exact_reference(arguments.seed, people, per_person, probe_vectors(queries, layout), chat, layout)
         for label, chat in (("all", None), ("chat", QUERY_CHAT))
     }
     hidden = {int(p) + 1 for p in np.flatnonzero(chat_of(np.arange(people)) == OTHER_CHAT)}
@@ -315,8 +387,8 @@ def measure_size(templates: int, backends: list[str], arguments: argparse.Namesp
         if backend == "exact":
             build = {"build_s": float("nan"), "peak_rss_mb": float("nan")}
         else:
-            build = run_worker(db_path, backend, "build", queries_path, arguments.threads)
-        start = run_worker(db_path, backend, "start", queries_path, arguments.threads)
+            build = run_worker(db_path, backend, "build", queries_path, arguments.threads, layout)
+        start = run_worker(db_path, backend, "start", queries_path, arguments.threads, layout)
         if backend == "exact":
             build = {"build_s": start["startup_s"], "peak_rss_mb": start["peak_rss_mb"]}
         auto = backend == auto_backend
@@ -382,7 +454,8 @@ def run_benchmark(arguments: argparse.Namespace) -> list[Row]:
             work_dir = Path(arguments.work_dir)
             work_dir.mkdir(parents=True, exist_ok=True)
         free_gb = shutil.disk_usage(work_dir).free / 1e9
-        needed_gb = max(arguments.sizes) * DIM * 4.6 / 1e9
+        bytes_per_value = GALLERY_BYTES_PER_VALUE + INDEX_BYTES_PER_VALUE
+        needed_gb = max(arguments.sizes) * arguments.dim * bytes_per_value / 1e9
         if free_gb < needed_gb:
             raise SystemExit(
                 f"{work_dir} has {free_gb:.1f} GB free, the largest gallery needs about {needed_gb:.1f} GB;"
@@ -446,13 +519,15 @@ def render(rows: list[Row], arguments: argparse.Namespace, command: str) -> str:
     def number(value: float, digits: int = 1) -> str:
         return "n/a" if value != value else f"{value:,.{digits}f}"
 
+    # A probe is compared on one part, so a score is a cosine over that many values.
+    compared_values = arguments.dim // arguments.parts
+
     lines = [
         DOC_START,
         "## Search at scale",
         "",
-        "Synthetic galleries of 512-d unit templates written to a real SQLite file. Each person has",
-        f"{arguments.templates_per_person} templates around a random centre (cosine about 0.75 between two of them),",
-        "and each query is a new sample of a gallery person. Five percent of the people are enrolled in",
+        *gallery_description(arguments),
+        "Five percent of the people are enrolled in",
         "group chat -100 and five percent in -200. Every backend runs in fresh processes. One builds",
         "the index from the database and saves it. A second starts as `FaceService.start` does: it opens",
         "the database, loads the saved index after checking its fingerprint, and then runs",
@@ -497,7 +572,8 @@ def render(rows: list[Row], arguments: argparse.Namespace, command: str) -> str:
         '- "score error" is the difference between the approximate and the exact top-1 cosine where both',
         "  rank the same person first: the effect of 8-bit scalar quantization on the match threshold.",
         "- recall@5 of the approximate backends is low by design of the data: ranks 2 to 5 are strangers.",
-        "  A stranger's cosine with a query has a standard deviation of 1/sqrt(512) = 0.044, so the best",
+        f"  A stranger's cosine with a query has a standard deviation of 1/sqrt({compared_values})"
+        f" = {1 / np.sqrt(compared_values):.3f}, so the best",
         "  strangers among many thousands lie within a few thousandths of each other, far below any match",
         "  threshold. IVF scans only the lists near the query and HNSW only the graph near it, so they",
         "  return other strangers there. The person ranked first, the one a threshold accepts, is unaffected.",
@@ -511,6 +587,26 @@ def render(rows: list[Row], arguments: argparse.Namespace, command: str) -> str:
         DOC_END,
     ]
     return "\n".join(lines)
+
+
+def gallery_description(arguments: argparse.Namespace) -> list[str]:
+    """Return the lines of the doc section that describe the templates and queries."""
+    around = f"{arguments.templates_per_person} templates around a random centre"
+    if arguments.parts == 1:
+        return [
+            f"Synthetic galleries of {arguments.dim}-d unit templates written to a real SQLite file. Each person has",
+            f"{around} (cosine about 0.75 between two of them),",
+            "and each query is a new sample of a gallery person.",
+        ]
+    part_size = arguments.dim // arguments.parts
+    return [
+        f"Synthetic galleries of {arguments.dim}-d templates made of {arguments.parts} parts of {part_size} values,",
+        f"each part of unit length scaled by 1/sqrt({arguments.parts}), written to a real SQLite file. Each person has",
+        f"{around} with independent random parts (cosine about 0.75 between two samples of one part).",
+        "Each query is a new sample of a gallery person turned into a probe vector as",
+        "`DescriptorLayout.probe_vector` does: half of the queries keep only the masked part (0) and",
+        "half only the unmasked part (1), so a score is the cosine of that part.",
+    ]
 
 
 def targets_section(rows: list[Row]) -> list[str]:
@@ -575,6 +671,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_HNSW_MAX,
         help="largest gallery, in templates, on which HNSW is measured (default: 1e5)",
     )
+    parser.add_argument(
+        "--dim", type=int, default=DEFAULT_DIM, help=f"descriptor length, in values (default: {DEFAULT_DIM})"
+    )
+    parser.add_argument(
+        "--parts",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="number of equal parts in a descriptor. With 2, every query is a probe vector of one part (default: 1)",
+    )
     parser.add_argument("--queries", type=int, default=500, help="queries per gallery (default: 500)")
     parser.add_argument("--templates-per-person", type=int, default=5, help="templates of each person (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the gallery and queries")
@@ -596,7 +702,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phase", choices=("build", "start"), help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.dim < 1:
+        parser.error(f"--dim must be at least 1, got {arguments.dim}")
+    if arguments.dim % arguments.parts:
+        parser.error(
+            f"--dim {arguments.dim} is invalid with --parts {arguments.parts} because the parts must be equal."
+            f" Pass a multiple of {arguments.parts}."
+        )
+    return arguments
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

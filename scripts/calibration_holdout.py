@@ -43,7 +43,7 @@ def main() -> None:
     classifier = shipped_classifier(pipeline.feature_model_id)
     if classifier is None:
         raise SystemExit(f"no shipped mask classifier for {pipeline.model_id}")
-    matcher = MaskAwareMatcher(classifier, synthetic_masks=settings.synthetic_masks)
+    matcher = MaskAwareMatcher(classifier, synthetic_masks=settings.synthetic_masks, layout=pipeline.layout)
     protocol = standard_protocol(args.datasets)
     limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
 

@@ -49,7 +49,9 @@ def main() -> None:
     for count in args.masks:
         subset = {path: vectors[:count] for path, vectors in synthetic.items()}
         for weight in args.weights:
-            matcher = MaskAwareMatcher(classifier, synthetic_masks=count, synthetic_weight=weight)
+            matcher = MaskAwareMatcher(
+                classifier, synthetic_masks=count, synthetic_weight=weight, layout=pipeline.layout
+            )
             evaluation = score_protocol(
                 protocol, photos, model_id=pipeline.model_id, matcher=matcher, synthetic=subset, target_fpirs=(0.01,)
             )

@@ -2,15 +2,18 @@
 
 Scores the standard protocol (rof gallery, real masked probes with non-mated masked
 strangers, unmasked probes with LFW strangers) and, with ``--lfw-pairs``, the k-fold
-accuracy on an LFW pairs file, for the base network and every head given, each with
-plain matching on the photos' own templates and with mask-aware matching on
-synthetic-mask gallery templates.
+accuracy on an LFW pairs file, for the base network and the Siamese model of every
+head given (the head's descriptor beside the base network's, see
+:mod:`core.descriptors`). Each is scored with plain matching on the photos' own
+templates, with the service's matching on those templates alone, and with the
+service's matching on synthetic-mask gallery templates too.
 
 Faces are detected once with the base pipeline (reusing the cache of ``maskid eval
 ident``), every aligned crop, its mirror image and the gallery's synthetic-mask
 variants go through the frozen trunk once, and each head then runs on the stored
-trunk outputs, so a further head costs seconds. The trunk outputs are kept in
-``MASKID_CACHE_DIR/eval``. The base row uses FaceNet's own last layers, which give
+trunk outputs, so a further head costs seconds. The trunk runs up to the earliest
+layer any head starts from, and FaceNet's own blocks carry its outputs to later
+layers. The trunk outputs are kept in ``MASKID_CACHE_DIR/eval``. The base row uses FaceNet's own last layers, which give
 the base network's descriptors to within 1e-4.
 
 Usage::
@@ -33,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from core.alignment import align_face
+from core.descriptors import DescriptorLayout
 from core.evaluation.identification import (
     AnalysedPhoto,
     EmbeddingCache,
@@ -48,11 +52,12 @@ from core.evaluation.lfw import k_fold_accuracy, pair_scores, read_pairs, split_
 from core.images import load_image
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.masks import synthesize_masked
-from core.pipeline import FacePipeline, masked_variants_seed
+from core.pipeline import FacePipeline, face_similarity, masked_variants_seed
 from core.settings import BASE_MODEL, Settings
+from core.siamese.backbone import SiameseBackbone
 from core.siamese.head import SiameseHead
 from core.siamese.model_file import load_head
-from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
+from core.siamese.trunk import DEFAULT_TRUNK_LAYER, FACENET_STAGES, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +95,11 @@ def trunk_table(
     masks: int,
     pipeline: FacePipeline,
     settings: Settings,
+    layer: str,
 ) -> TrunkTable:
-    """Run the trunk on every crop, or load the outputs that an earlier run stored for the same photos."""
+    """Run the trunk up to ``layer`` on every crop, or load the outputs an earlier run stored for the same photos."""
     photos = [photo for photo in analysed.values() if photo.face is not None]
-    key = "\n".join([pipeline.model_id, str(masks), *sorted(str(photo.path) for photo in photos)])
+    key = "\n".join([pipeline.model_id, layer, str(masks), *sorted(str(photo.path) for photo in photos)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_file = settings.cache_dir / "eval" / f"siamese-trunk-{digest}.npz"
     if cache_file.is_file():
@@ -103,7 +109,7 @@ def trunk_table(
         logger.info("loaded trunk outputs of %d photos from %s", len(plain), cache_file)
         return TrunkTable(plain, masked)
 
-    runner = TrunkRunner(settings, DEFAULT_TRUNK_LAYER)
+    runner = TrunkRunner(settings, layer)
     table = TrunkTable({}, {})
     for photo in tqdm(photos, unit="photo", desc="trunk outputs"):
         count = masks if photo.path in gallery else 0
@@ -122,6 +128,20 @@ def trunk_table(
     np.savez(temporary, **arrays)
     temporary.replace(cache_file)
     return table
+
+
+def advance(table: TrunkTable, blocks: torch.nn.Module) -> TrunkTable:
+    """Run ``blocks`` (the stages between two trunk layers) on every stored output."""
+
+    def run(outputs: np.ndarray) -> np.ndarray:
+        flat = torch.from_numpy(outputs.reshape(-1, *outputs.shape[-3:]).astype(np.float32))
+        with torch.inference_mode():
+            return blocks(flat).numpy().astype(np.float16).reshape(outputs.shape)
+
+    return TrunkTable(
+        {path: run(value) for path, value in table.plain.items()},
+        {path: run(value) for path, value in table.masked.items()},
+    )
 
 
 def embed_pairs(head: SiameseHead, pairs: np.ndarray, flip: bool) -> np.ndarray:
@@ -157,6 +177,29 @@ def head_descriptors(
     return result, synthetic
 
 
+def with_base_part(
+    head_photos: Mapping[Path, AnalysedPhoto],
+    head_synthetic: Mapping[Path, np.ndarray],
+    base_photos: Mapping[Path, AnalysedPhoto],
+    base_synthetic: Mapping[Path, np.ndarray],
+) -> tuple[dict[Path, AnalysedPhoto], dict[Path, np.ndarray]]:
+    """Return the two-part descriptors of the Siamese model: the head's, then the base network's.
+
+    Each part keeps length ``1 / sqrt(2)``, as :func:`core.embedding.normalize_parts` scales them.
+    """
+    scale = np.float32(1 / np.sqrt(2))
+    photos = dict(head_photos)
+    for path, photo in head_photos.items():
+        if photo.face is not None:
+            vector = np.concatenate([photo.face.embedding, base_photos[path].face.embedding]) * scale
+            photos[path] = dataclasses.replace(photo, face=dataclasses.replace(photo.face, embedding=vector))
+    synthetic = {
+        path: np.concatenate([vectors, base_synthetic[path]], axis=1) * scale
+        for path, vectors in head_synthetic.items()
+    }
+    return photos, synthetic
+
+
 def identification_row(
     protocol: IdentificationProtocol,
     photos: Mapping[Path, AnalysedPhoto],
@@ -164,27 +207,44 @@ def identification_row(
     model_id: str,
     classifier: MaskClassifier,
     count: int,
+    layout: DescriptorLayout,
 ) -> dict[str, float]:
-    """Return masked and unmasked rank-1 and TPIR at 1% FPIR with plain and mask-aware matching."""
+    """Return masked and unmasked rank-1 and TPIR at 1% FPIR with three matchers.
+
+    "plain" compares every probe with the photos' own templates on the whole descriptor;
+    "own templates" is the service's matching with no synthetic-mask templates, and
+    "mask-aware" the service's default, with ``count`` of them per gallery photo.
+    """
     row: dict[str, float] = {}
     for name, matcher in (
         ("plain", PlainMatcher()),
-        ("mask-aware", MaskAwareMatcher(classifier, synthetic_masks=count)),
+        ("own templates", MaskAwareMatcher(classifier, synthetic_masks=0, layout=layout)),
+        ("mask-aware", MaskAwareMatcher(classifier, synthetic_masks=count, layout=layout)),
     ):
-        evaluation = score_protocol(protocol, photos, model_id=model_id, matcher=matcher, synthetic=synthetic)
+        templates = synthetic if matcher.synthetic_masks else {}
+        evaluation = score_protocol(protocol, photos, model_id=model_id, matcher=matcher, synthetic=templates)
         for result in evaluation.probe_sets:
-            tpir = next((point.tpir for point in result.operating_points if point.target_fpir == 0.01), float("nan"))
+            point = next((point for point in result.operating_points if point.target_fpir == 0.01), None)
             row[f"{name} {result.name} rank-1"] = result.rank1
-            row[f"{name} {result.name} TPIR@1%"] = tpir
+            row[f"{name} {result.name} TPIR@1%"] = point.tpir if point is not None else float("nan")
+            if name == "mask-aware":
+                row[f"{name} {result.name} threshold@1%"] = point.threshold if point is not None else float("nan")
     return row
 
 
-def lfw_pairs_accuracy(photos: Mapping[Path, AnalysedPhoto], pairs_file: Path, images_dir: Path) -> float:
-    """Return the k-fold verification accuracy of the photos' descriptors on an LFW pairs file."""
+def lfw_pairs_accuracy(
+    photos: Mapping[Path, AnalysedPhoto],
+    pairs_file: Path,
+    images_dir: Path,
+    layout: DescriptorLayout,
+    classifier: MaskClassifier,
+) -> float:
+    """Return the k-fold verification accuracy on an LFW pairs file, comparing faces as ``maskid verify`` does."""
     pairs = read_pairs(pairs_file, images_dir)
-    vectors = {path: photo.face.embedding for path, photo in photos.items() if photo.face is not None}
+    faces = {path: photo.face for path, photo in photos.items() if photo.face is not None}
     same = np.array([pair.same for pair in pairs])
-    return k_fold_accuracy(pair_scores(pairs, vectors), same, split_folds(pairs)).accuracy
+    scores = pair_scores(pairs, faces, lambda first, second: face_similarity(layout, first, second, classifier))
+    return k_fold_accuracy(scores, same, split_folds(pairs)).accuracy
 
 
 def main() -> None:
@@ -214,26 +274,37 @@ def main() -> None:
             paths = sorted({pair.first for pair in pairs} | {pair.second for pair in pairs})
             lfw_photos = analyse_photos(base, paths, cache=cache, **limits)
 
+    heads = [(path.name, *load_head(path)) for path in args.heads]
+    # One trunk pass at the earliest layer any head starts from; later layers are derived from it.
+    layers = {info.layer for _, _, info, _ in heads} | {DEFAULT_TRUNK_LAYER}
+    first_layer = min(layers, key=FACENET_STAGES.index)
     gallery = {path for paths in protocol.gallery.values() for path in paths}
-    table = trunk_table(photos, gallery, count, base, settings)
+    tables = {first_layer: trunk_table(photos, gallery, count, base, settings, first_layer)}
     if lfw_photos:
-        lfw_table = trunk_table(lfw_photos, set(), 0, base, settings)
-        table.plain.update(lfw_table.plain)
+        lfw_table = trunk_table(lfw_photos, set(), 0, base, settings, first_layer)
+        tables[first_layer].plain.update(lfw_table.plain)
+    facenet = load_facenet(settings)
+    if first_layer != DEFAULT_TRUNK_LAYER:
+        tables[DEFAULT_TRUNK_LAYER] = advance(tables[first_layer], facenet.repeat_3)
 
-    heads: list[tuple[str, SiameseHead, str]] = [
-        ("base", SiameseHead.from_base(load_facenet(settings), DEFAULT_TRUNK_LAYER), base.model_id)
-    ]
-    for path in args.heads:
-        head, _, model_id = load_head(path)
-        heads.append((path.name, head, model_id))
+    flip, masked_flip = base.embedder.flip, base.embedder.flip and base.synthetic_mask_flip
+    table = tables[DEFAULT_TRUNK_LAYER]
+    base_head = SiameseHead.from_base(facenet, DEFAULT_TRUNK_LAYER)
+    base_photos, base_synthetic = head_descriptors(base_head, photos, table, flip=flip, masked_flip=masked_flip)
+    base_lfw, _ = head_descriptors(base_head, lfw_photos, table, flip=flip, masked_flip=masked_flip)
+    scored = [("base", base_photos, base_synthetic, base_lfw, base.model_id, base.layout)]
+    for name, head, info, model_id in heads:
+        table = tables[info.layer]
+        head_photos, head_synthetic = head_descriptors(head, photos, table, flip=flip, masked_flip=masked_flip)
+        head_lfw, _ = head_descriptors(head, lfw_photos, table, flip=flip, masked_flip=masked_flip)
+        routed_photos, routed_synthetic = with_base_part(head_photos, head_synthetic, base_photos, base_synthetic)
+        routed_lfw, _ = with_base_part(head_lfw, {}, base_lfw, {})
+        scored.append((name, routed_photos, routed_synthetic, routed_lfw, model_id, SiameseBackbone.layout))
 
-    masked_flip = base.embedder.flip and getattr(base, "synthetic_mask_flip", True)
-    for label, head, model_id in heads:
-        head_photos, synthetic = head_descriptors(head, photos, table, flip=base.embedder.flip, masked_flip=masked_flip)
-        row = identification_row(protocol, head_photos, synthetic, model_id, classifier, count)
+    for label, model_photos, synthetic, model_lfw, model_id, layout in scored:
+        row = identification_row(protocol, model_photos, synthetic, model_id, classifier, count, layout)
         if lfw_photos:
-            head_lfw, _ = head_descriptors(head, lfw_photos, table, flip=base.embedder.flip, masked_flip=masked_flip)
-            row["LFW pairs"] = lfw_pairs_accuracy(head_lfw, args.lfw_pairs, datasets / "lfw")
+            row["LFW pairs"] = lfw_pairs_accuracy(model_lfw, args.lfw_pairs, datasets / "lfw", layout, classifier)
         print(label, " ".join(f"{key}={value:.4f}" for key, value in row.items()), flush=True)
 
 

@@ -49,7 +49,7 @@ def test_analyze_returns_unit_float32_embeddings(pipeline: FacePipeline, dataset
     assert len(faces) == 1
     embedding = faces[0].embedding
     assert embedding.dtype == np.float32
-    assert embedding.shape == (EMBEDDING_DIM,)
+    assert embedding.shape == (pipeline.embedder.embedding_dim,)
     assert float(np.linalg.norm(embedding)) == pytest.approx(1.0, abs=1e-5)
     assert faces[0].box == faces[0].detection.box
 
@@ -162,7 +162,7 @@ def test_embedder_without_flip_is_not_symmetric(pipeline: FacePipeline) -> None:
 def test_embedder_empty_batch(pipeline: FacePipeline) -> None:
     vectors = pipeline.embedder.embed(np.zeros((0, 160, 160, 3), dtype=np.uint8))
 
-    assert vectors.shape == (0, EMBEDDING_DIM)
+    assert vectors.shape == (0, pipeline.embedder.embedding_dim)
     assert vectors.dtype == np.float32
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from core import search_index
+from core.calibration import DEFAULT_MASKED_THRESHOLD
+from core.descriptors import DescriptorLayout, single_part
 from core.matching import TemplateIndex
 from core.search_index import AnnTemplateIndex, choose_backend, index_path, open_template_index, save_if_current
 from core.service import FaceService
@@ -36,6 +38,14 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 def sample(rng: np.random.Generator, centre: np.ndarray, count: int) -> np.ndarray:
     return unit(centre + NOISE_SCALE * rng.standard_normal((count, DIM)))
+
+
+def two_part_sample(rng: np.random.Generator, centre: np.ndarray, count: int) -> np.ndarray:
+    """Sample each half of ``centre`` as its own unit descriptor and scale both by 1/sqrt(2)."""
+    half = DIM // 2
+    noise = np.sqrt(1 / 3 / half) * rng.standard_normal((count, DIM))
+    parts = [unit(centre[:half] + noise[:, :half]), unit(centre[half:] + noise[:, half:])]
+    return (np.concatenate(parts, axis=1) / np.sqrt(2)).astype(np.float32)
 
 
 async def enroll(
@@ -74,12 +84,22 @@ async def enroll(
 
 
 async def clustered_gallery(
-    store: SqliteGalleryStore, rng: np.random.Generator, people: int, per_person: int, *, synthetic: int = 0
+    store: SqliteGalleryStore,
+    rng: np.random.Generator,
+    people: int,
+    per_person: int,
+    *,
+    synthetic: int = 0,
+    two_parts: bool = False,
 ) -> np.ndarray:
-    """Enroll ``people`` clustered people in every chat and return their centres."""
+    """Enroll ``people`` clustered people in every chat and return their centres.
+
+    With ``two_parts``, templates are two-part descriptors (see :func:`two_part_sample`).
+    """
     centres = unit(rng.standard_normal((people, DIM)))
+    draw = two_part_sample if two_parts else sample
     for person, centre in enumerate(centres):
-        await enroll(store, f"person {person}", sample(rng, centre, per_person + synthetic), synthetic=synthetic)
+        await enroll(store, f"person {person}", draw(rng, centre, per_person + synthetic), synthetic=synthetic)
     return centres
 
 
@@ -173,6 +193,28 @@ async def test_ann_recall_on_clustered_gallery(
     assert isinstance(index, AnnTemplateIndex)
     assert np.mean(same_top1) >= 0.98
     assert max(score_errors) < 0.01
+
+
+async def test_ivf_finds_part_probes_through_their_locator(
+    tmp_path: Path, store: SqliteGalleryStore, small_ann: None
+) -> None:
+    # Two-part descriptors: each template holds two independent unit parts scaled by 1/sqrt(2).
+    layout = DescriptorLayout((DIM // 2, DIM // 2), masked_part=0, unmasked_part=1)
+    rng = np.random.default_rng(7)
+    centres = await clustered_gallery(store, rng, people=300, per_person=5, two_parts=True)
+    index = await open_template_index(store, MODEL, DIM, ivf_settings(tmp_path))
+    reference = TemplateIndex(DIM)
+    reference.add_matrix(await store.load_templates(MODEL))
+
+    same_top1 = []
+    for row, target in enumerate(rng.integers(0, len(centres), size=200)):
+        query = two_part_sample(rng, centres[target], 1)[0]
+        probe = layout.probe_vector(query, masked=row % 2 == 0)
+        found = index.search(probe, k=5, locator=query)
+        same_top1.append(person_ids(found)[:1] == person_ids(reference.search(probe, k=1)))
+
+    assert isinstance(index, AnnTemplateIndex)
+    assert np.mean(same_top1) >= 0.98
 
 
 # Chat scoping through the approximate path.
@@ -388,7 +430,13 @@ async def test_index_not_saved_when_database_moved_on(
 
 async def test_service_uses_ann_index_and_saves_at_close(tmp_path: Path, small_ann: None) -> None:
     settings = ivf_settings(tmp_path).replace(search_index="auto", search_exact_max=100)
-    pipeline = SimpleNamespace(model_id=MODEL, feature_model_id=MODEL, embedder=SimpleNamespace(embedding_dim=DIM))
+    backbone = SimpleNamespace(masked_threshold=DEFAULT_MASKED_THRESHOLD)
+    pipeline = SimpleNamespace(
+        model_id=MODEL,
+        feature_model_id=MODEL,
+        layout=single_part(DIM),
+        embedder=SimpleNamespace(embedding_dim=DIM, backbone=backbone),
+    )
     rng = np.random.default_rng(11)
     async with SqliteGalleryStore(settings.db_path) as store:
         centres = await clustered_gallery(store, rng, people=50, per_person=3)

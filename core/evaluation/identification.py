@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from core.descriptors import DescriptorLayout
 from core.detection import DetectedFace, DetectionMethod
 from core.errors import DatasetError, InvalidImageError
 from core.images import DecodedImage, load_image, read_image_bytes
@@ -533,12 +534,14 @@ class PlainSearcher:
 class MaskAwareMatcher:
     """Match as the service does: the mask detector routes each probe, masked probes use the
     fused synthetic and original templates (:meth:`TemplateIndex.search_masked`), unmasked
-    probes the original templates only.
+    probes the original templates only. Each probe is compared on the descriptor part for
+    its mask state (see :mod:`core.descriptors`).
 
     Args:
         classifier: the mask detector.
         synthetic_masks: synthetic-mask templates per gallery photo.
         synthetic_weight: see :meth:`TemplateIndex.search_masked`.
+        layout: the descriptors' parts; None for a plain descriptor.
     """
 
     def __init__(
@@ -547,6 +550,7 @@ class MaskAwareMatcher:
         *,
         synthetic_masks: int = 2,
         synthetic_weight: float = DEFAULT_SYNTHETIC_WEIGHT,
+        layout: DescriptorLayout | None = None,
     ) -> None:
         if classifier is None:
             raise ValueError(
@@ -555,6 +559,7 @@ class MaskAwareMatcher:
         self.classifier = classifier
         self.synthetic_masks = synthetic_masks
         self.synthetic_weight = synthetic_weight
+        self.layout = layout
 
     @property
     def name(self) -> str:
@@ -597,10 +602,13 @@ class MaskAwareSearcher:
     def search(self, probe: Face, k: int) -> list[tuple[str, float]]:
         if len(self._index) == 0:
             return []
-        if self.is_masked(probe):
-            found = self._index.search_masked(probe.embedding, k, synthetic_weight=self._matcher.synthetic_weight)
+        masked = self.is_masked(probe)
+        layout = self._matcher.layout
+        vector = probe.embedding if layout is None else layout.probe_vector(probe.embedding, masked)
+        if masked:
+            found = self._index.search_masked(vector, k, synthetic_weight=self._matcher.synthetic_weight)
         else:
-            found = self._index.search(probe.embedding, k)
+            found = self._index.search(vector, k)
         return [(self._labels[item.person_id], item.score) for item in found]
 
 

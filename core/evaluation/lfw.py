@@ -12,15 +12,18 @@ block of different-person pairs. A file filtered from it keeps that order, so
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from core.pipeline import FacePipeline
+    from core.mask_detection import MaskClassifier
+    from core.pipeline import Face, FacePipeline
+
+T = TypeVar("T")
 
 # Threshold candidates for cosine similarity, as in the FaceNet evaluation code.
 THRESHOLD_STEP = 0.0025
@@ -128,11 +131,24 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float(thresholds[best[len(best) // 2]])
 
 
-def pair_scores(pairs: Sequence[Pair], vectors: Mapping[Path, np.ndarray]) -> np.ndarray:
-    """Return the cosine similarity of each pair's unit descriptors, NaN where a photo has none."""
+def _dot(first: np.ndarray, second: np.ndarray) -> float:
+    return float(first @ second)
+
+
+def pair_scores(
+    pairs: Sequence[Pair],
+    vectors: Mapping[Path, T],
+    similarity: Callable[[T, T], float] = _dot,
+) -> np.ndarray:
+    """Return each pair's similarity, NaN where a photo has no descriptor.
+
+    Args:
+        vectors: each photo's unit descriptor, or another value ``similarity`` compares.
+        similarity: compares two values of ``vectors``. The default is the dot product.
+    """
     return np.array(
         [
-            float(vectors[pair.first] @ vectors[pair.second])
+            similarity(vectors[pair.first], vectors[pair.second])
             if pair.first in vectors and pair.second in vectors
             else np.nan
             for pair in pairs
@@ -190,20 +206,22 @@ def evaluate_pairs(
     max_image_pixels: int,
     batch_size: int = 32,
     show_progress: bool = True,
+    mask_classifier: MaskClassifier | None = None,
 ) -> PairsEvaluation:
     """Embed the main face of every image in ``pairs`` and score them by k-fold accuracy.
 
     A pair with an image where no face is found, or that cannot be decoded,
-    counts as an error, as in the standard protocol.
+    counts as an error, as in the standard protocol. Pairs are compared as
+    :func:`core.pipeline.face_similarity` compares them, with ``mask_classifier``.
     """
     from tqdm import tqdm
 
     from core.errors import InvalidImageError
     from core.images import load_image
-    from core.pipeline import main_face
+    from core.pipeline import face_similarity, main_face
 
     paths = sorted({pair.first for pair in pairs} | {pair.second for pair in pairs})
-    vectors: dict[Path, np.ndarray] = {}
+    main_faces: dict[Path, Face] = {}
     without_face: list[Path] = []
     with tqdm(total=len(paths), unit="photo", desc="lfw pairs", disable=not show_progress) as progress:
         for start in range(0, len(paths), batch_size):
@@ -214,15 +232,17 @@ def evaluate_pairs(
                     images.append(load_image(path, max_bytes=max_image_bytes, max_pixels=max_image_pixels))
                 except InvalidImageError:
                     without_face.append(path)
-            for image, faces in zip(images, pipeline.analyze_batch(images), strict=True):
-                face = main_face(faces, image.width, image.height)
+            for image, found in zip(images, pipeline.analyze_batch(images), strict=True):
+                face = main_face(found, image.width, image.height)
                 if face is None:
                     without_face.append(Path(image.source or ""))
                 else:
-                    vectors[Path(image.source or "")] = face.embedding
+                    main_faces[Path(image.source or "")] = face
             progress.update(len(batch))
 
-    scores = pair_scores(pairs, vectors)
+    scores = pair_scores(
+        pairs, main_faces, lambda first, second: face_similarity(pipeline.layout, first, second, mask_classifier)
+    )
     same = np.array([pair.same for pair in pairs])
     return PairsEvaluation(
         result=k_fold_accuracy(scores, same, split_folds(pairs)),

@@ -1,4 +1,10 @@
-"""Trunk and trained head run together as a :class:`~core.backbones.Backbone`.
+"""Trunk, trained head and base network run together as a :class:`~core.backbones.Backbone`.
+
+The model's descriptor has two parts (see :mod:`core.descriptors`): the trained head's,
+on which masked probes are compared, and the base network's, on which unmasked probes
+are compared. The head is trained only to bring masked faces to their person, so
+unmasked faces keep the base network's accuracy. Both parts share the trunk and
+the head's layers cost about 1% of its compute, so the second part is nearly free.
 
 With it, :class:`~core.embedding.Embedder` and :class:`~core.pipeline.FacePipeline`
 embed through the fine-tuned head without changes, and the pipeline's model id names
@@ -16,6 +22,8 @@ import torch
 from torch import nn
 
 from core.backbones import FaceNetCasia
+from core.calibration import DEFAULT_MASKED_THRESHOLD
+from core.descriptors import DescriptorLayout
 from core.settings import Settings
 from core.siamese.head import SiameseHead
 from core.siamese.model_file import load_head
@@ -25,30 +33,29 @@ logger = logging.getLogger(__name__)
 
 
 class TrunkWithHead(nn.Module):
-    """The frozen trunk followed by the trained head, plus the base network's own last blocks for features.
+    """The frozen trunk followed by the trained head and by the base network's own last layers.
 
-    Like facenet-pytorch's ``InceptionResnetV1`` (version 2.6), it returns L2-normalised
-    descriptors, so test-time flip averages unit vectors exactly as for the base network.
-    The base blocks run only so that ``base_pool`` (the backbone's feature layer) outputs
-    the base network's pooled features: a mask classifier trained on those still applies.
-    They cost about 1% of the trunk's compute for the repeat_3 layer (estimate from the
-    multiply-accumulate counts of the layers).
+    It returns the head's and the base network's unit descriptors side by side, (N, 1024);
+    :class:`~core.embedding.Embedder` averages in the mirrored crop and scales each part
+    as :mod:`core.descriptors` describes. The base layers' pooling (``base.pool``) is the
+    backbone's feature layer, so a mask classifier trained on the base network's pooled
+    features still applies.
     """
 
-    def __init__(self, trunk: FaceNetTrunk, head: SiameseHead, base_blocks: nn.Module) -> None:
+    def __init__(self, trunk: FaceNetTrunk, head: SiameseHead, base: SiameseHead) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = head
-        self.base_blocks = base_blocks
-        self.base_pool = nn.AdaptiveAvgPool2d(1)
+        self.base = base
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         trunk_output = self.trunk(batch)
-        self.base_pool(self.base_blocks(trunk_output))  # read by the feature hook only
-        return self.head.embed(trunk_output)
+        return torch.cat([self.head.embed(trunk_output), self.base.embed(trunk_output)], dim=1)
 
 
 SHIPPED_HEAD_FILE = "siamese_head.pt"
+# Added to the head's model id, because the descriptor contains the base network's part too.
+ROUTED_SUFFIX = "+base"
 
 
 def shipped_head_path() -> Path:
@@ -57,7 +64,7 @@ def shipped_head_path() -> Path:
 
 
 class SiameseBackbone:
-    """FaceNet's trunk with a head from ``maskid train siamese``.
+    """FaceNet's trunk with a head from ``maskid train siamese`` and FaceNet's own last layers.
 
     The head file is read at construction, so its model id is known before the
     network loads. The FaceNet weights load on :meth:`load`. The pooled features
@@ -69,14 +76,17 @@ class SiameseBackbone:
     """
 
     input_size = FaceNetCasia.input_size
-    embedding_dim = FaceNetCasia.embedding_dim
-    feature_layer = "base_pool"
+    layout = DescriptorLayout((FaceNetCasia.embedding_dim, FaceNetCasia.embedding_dim), masked_part=0, unmasked_part=1)
+    embedding_dim = layout.dim
+    masked_threshold = DEFAULT_MASKED_THRESHOLD
+    feature_layer = "base.pool"
     feature_dim = FaceNetCasia.feature_dim
     feature_model_id = FaceNetCasia.model_id
 
     def __init__(self, settings: Settings, head_path: Path) -> None:
         self.settings = settings
-        self.head, self.info, self.model_id = load_head(head_path)
+        self.head, self.info, head_id = load_head(head_path)
+        self.model_id = f"{head_id}{ROUTED_SUFFIX}"
         base_id = FaceNetCasia.model_id
         if self.info.base_model_id != base_id:
             raise ValueError(f"head {head_path} was trained on {self.info.base_model_id}, not on {base_id}")
@@ -85,8 +95,8 @@ class SiameseBackbone:
     def load(self, device: torch.device) -> nn.Module:
         base = load_facenet(self.settings)
         trunk = FaceNetTrunk(base, self.info.layer)
-        base_blocks = SiameseHead.from_base(base, self.info.layer).blocks
-        return TrunkWithHead(trunk, self.head, base_blocks).to(device).eval()
+        base_layers = SiameseHead.from_base(base, self.info.layer)
+        return TrunkWithHead(trunk, self.head, base_layers).to(device).eval()
 
     def preprocess(self, crops: np.ndarray) -> torch.Tensor:
         return self._base.preprocess(crops)

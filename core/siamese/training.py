@@ -4,10 +4,11 @@ A batch contains ``batch_people`` people, two photos each, and for each photo it
 and one random synthetic-mask variant. Both losses therefore see masked-to-unmasked
 pairs of the same photo and of another photo of the same person in every batch.
 
-With ``distillation`` above zero, a frozen copy of the untrained head (the base network)
-acts as a teacher: the head's descriptors of unmasked crops are pulled towards the
-teacher's, so the head learns where masked faces belong without moving unmasked faces
-away from where the base network put them.
+The Siamese model compares unmasked probes on the base network's descriptor part (see
+:mod:`core.siamese.backbone`), so by default the head is free to move unmasked faces
+too. With ``distillation`` above zero, a frozen copy of the untrained head (the base
+network) acts as a teacher: the head's descriptors of unmasked crops are pulled towards
+the teacher's, for a head whose own unmasked descriptors must stay usable.
 """
 
 from __future__ import annotations
@@ -46,20 +47,20 @@ class TrainingConfig:
         masked_distillation: weight of the squared distance between the head's descriptor
             of a masked crop and the base network's descriptor of the same photo unmasked.
         unmasked_tolerance: how much validation unmasked rank-1 an epoch may lose against
-            the untrained head and still be kept as the best.
+            the untrained head and still be kept as the best; 1 turns the check off.
     """
 
     loss: LossName = "triplet"
     margin: float | None = None
     max_epochs: int = 20
-    patience: int = 4
+    patience: int = 3
     batch_people: int = 32
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     seed: int = 0
-    distillation: float = 1.0
+    distillation: float = 0.0
     masked_distillation: float = 0.0
-    unmasked_tolerance: float = 0.01
+    unmasked_tolerance: float = 1.0
 
     @property
     def loss_margin(self) -> float:
