@@ -13,7 +13,7 @@ from cli.commands import CommandResult
 from core.evaluation.identification import EmbeddingCache
 from core.evaluation.mask_detection import DEFAULT_SKIPPED_PEOPLE
 from core.pipeline import FacePipeline
-from core.settings import Settings
+from core.settings import BASE_MODEL, Settings
 from core.siamese.cache import TrunkCache
 from core.siamese.curves import plot_training_curves
 from core.siamese.data import (
@@ -165,7 +165,9 @@ async def train_siamese(args: argparse.Namespace, settings: Settings) -> Command
     photos = select_people(dataset, skip=args.skip_people, max_people=args.people, seed=args.seed)
     training_people, validation_people = split_people(list(photos), args.validation_fraction, args.seed)
 
-    pipeline = FacePipeline.from_settings(settings)
+    # Crops come from the base network's pipeline whatever --model says: the head trains on
+    # its trunk, and the detections cached by base-model runs are reused.
+    pipeline = FacePipeline.from_settings(dataclasses.replace(settings, model=BASE_MODEL))
     runner = TrunkRunner(settings, args.layer)
     trunk_cache = TrunkCache(settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=args.layer)
     with EmbeddingCache(settings.cache_dir / EMBEDDING_CACHE_FILE) as embedding_cache:
