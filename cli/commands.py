@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.backbones import FaceNetCasia
 from core.errors import DatasetError, InvalidImageError, NoFaceError, StorageError
 from core.evaluation.lfw import evaluate_pairs, read_pairs
 from core.gallery_build import build_gallery, person_name_from_folder
@@ -63,11 +64,21 @@ async def require_current_model(service: FaceService) -> None:
     others = await service.other_models()
     if others:
         raise DatasetError(
-            f"the gallery {service.settings.db_path} has templates of {', '.join(others)} but none of "
-            f"{service.model_id}; embed its photos for this model with "
+            f"the gallery {service.settings.db_path} has templates of {', '.join(map(model_label, others))} but "
+            f"none of {model_label(service.model_id)}; embed its photos for this model with "
             f"`maskid --model {service.settings.model} gallery reembed`, or use the gallery's model with --model "
-            "(base or siamese)"
+            "(base, siamese or a head file)"
         )
+
+
+def model_label(model_id: str) -> str:
+    """Return ``model_id`` with the ``--model`` value that selects it, where that is base or a Siamese head."""
+    base_id = FaceNetCasia.model_id
+    if model_id.startswith((f"{base_id}/", f"{base_id}+flip/")):
+        return f"{model_id} (--model base)"
+    if model_id.startswith(f"{base_id}+siamese-"):
+        return f"{model_id} (--model siamese or a head file)"
+    return model_id
 
 
 async def gallery_build(args: argparse.Namespace, settings: Settings) -> CommandResult:
@@ -233,9 +244,10 @@ def mask_classifier_for(pipeline: FacePipeline) -> MaskClassifier | None:
 async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
     first, second = load_images([args.first, args.second], settings)
     pipeline = FacePipeline.from_settings(settings)
-    verification = verify_images(pipeline, first, second, settings.verify_threshold, mask_classifier_for(pipeline))
+    verification = verify_images(pipeline, first, second, settings, mask_classifier_for(pipeline))
     verdict = "same person" if verification.same else "different people"
-    lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f})"]
+    kind = ", a masked face" if verification.masked else ""
+    lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f}{kind})"]
     for image, box, count in zip((first, second), verification.boxes, verification.faces_found, strict=True):
         if count > 1:
             compared = ", ".join(f"{value:.0f}" for value in box)
@@ -244,6 +256,7 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
         "same": verification.same,
         "similarity": round(verification.score, 4),
         "threshold": verification.threshold,
+        "masked": verification.masked,
         "boxes": [[round(value, 1) for value in box] for box in verification.boxes],
         "faces_found": list(verification.faces_found),
     }

@@ -40,7 +40,9 @@ def register(gallery: argparse._SubParsersAction) -> None:
 async def gallery_reembed(args: argparse.Namespace, settings: Settings) -> CommandResult:
     """Re-embed the gallery and fail (exit 1) when any photo could not be read again."""
     require_gallery(settings)
-    async with FaceService.from_settings(settings) as service:
+    service = FaceService.from_settings(settings)
+    service.check_other_models = False
+    async with service:
         source = args.from_model or await _only_other_model(service)
         if source == service.model_id:
             raise DatasetError(f"the gallery is already embedded with {source}; choose another model with --model")

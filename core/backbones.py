@@ -29,6 +29,9 @@ class Backbone(Protocol):
     layout: DescriptorLayout
     # Cosine similarity from which a masked probe matches before the gallery is calibrated.
     masked_threshold: float
+    # Cosine similarity from which a pair with a masked face is the same person in verification;
+    # None uses the unmasked verification threshold.
+    masked_verify_threshold: float | None
     # The module (a dotted name for ``get_submodule``) whose output is the spatially
     # pooled trunk feature vector, and that vector's length.
     feature_layer: str
@@ -60,6 +63,7 @@ class FaceNetCasia:
     embedding_dim = 512
     layout = single_part(embedding_dim)
     masked_threshold = DEFAULT_MASKED_THRESHOLD
+    masked_verify_threshold = None
     feature_layer = "avgpool_1a"
     feature_dim = 1792
     feature_model_id = model_id

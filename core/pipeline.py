@@ -192,18 +192,23 @@ def load_backbone(settings: Settings) -> Backbone:
     return SiameseBackbone(settings, head)
 
 
+def pair_is_masked(first: Face, second: Face, classifier: MaskClassifier | None) -> bool:
+    """Tell whether ``classifier`` finds a mask on either face; False without a classifier."""
+    if classifier is None:
+        return False
+    return any(face.features is not None and bool(classifier.is_masked(face.features)) for face in (first, second))
+
+
 def face_similarity(
     layout: DescriptorLayout, first: Face, second: Face, classifier: MaskClassifier | None = None
 ) -> float:
     """Return the cosine similarity of two faces on the part for their mask state.
 
     The pair is compared on the masked part when ``classifier`` finds a mask on either
-    face, and on the unmasked part otherwise. A single-part descriptor is compared whole.
+    face (see :func:`pair_is_masked`), and on the unmasked part otherwise. A
+    single-part descriptor is compared whole.
     """
-    masked = classifier is not None and any(
-        face.features is not None and bool(classifier.is_masked(face.features)) for face in (first, second)
-    )
-    return layout.similarity(first.embedding, second.embedding, masked)
+    return layout.similarity(first.embedding, second.embedding, pair_is_masked(first, second, classifier))
 
 
 def masked_variants_seed(sha256: str) -> int:

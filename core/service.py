@@ -30,7 +30,7 @@ from core.errors import ModelError, NoFaceError, PersonNotFoundError, StorageErr
 from core.images import DecodedImage
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.matching import Candidate, TemplateIndex, is_match
-from core.pipeline import Face, FacePipeline, face_similarity, main_face
+from core.pipeline import Face, FacePipeline, main_face, pair_is_masked
 from core.search_index import AnnTemplateIndex, index_path, open_template_index, save_if_current, search_index_folder
 from core.settings import Settings
 from core.storage import (
@@ -87,6 +87,8 @@ class Verification:
     Attributes:
         boxes: the compared face of each photo, ``(x1, y1, x2, y2)`` in its pixels.
         faces_found: how many faces each photo had; the main one was compared.
+        masked: whether the mask detector found a mask on either face, which picks the
+            descriptor part and the threshold.
     """
 
     score: float
@@ -94,6 +96,7 @@ class Verification:
     threshold: float
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     faces_found: tuple[int, ...] = ()
+    masked: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,9 @@ class FaceService:
         self.thresholds = self._resolve_thresholds(None)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskid-model")
         self._people: dict[int, Person] = {}
+        # Warn at start about people with only other models' templates. A caller that moves
+        # them to this model (gallery reembed) turns it off.
+        self.check_other_models = True
 
     @classmethod
     def from_settings(cls, settings: Settings, *, workers: int = 1) -> FaceService:
@@ -183,7 +189,7 @@ class FaceService:
         await self.store.open()
         self.index = await open_template_index(self.store, self.model_id, self.index.dim, self.settings)
         logger.info("gallery %s: %d templates of model %s loaded", self.store, len(self.index), self.model_id)
-        if len(self.index) == 0:
+        if self.check_other_models:
             await self._warn_about_other_models()
         self.thresholds = self._resolve_thresholds(await load_calibration(self.store, self.model_id))
         logger.info("thresholds: %s", self.thresholds)
@@ -194,12 +200,27 @@ class FaceService:
         return sorted(model_id for model_id, entry in models.items() if entry["images"] and model_id != self.model_id)
 
     async def _warn_about_other_models(self) -> None:
+        """Warn when people of the gallery have only other models' templates, which no search reaches."""
         others = await self.other_models()
-        if others:
+        if not others:
+            return
+        if len(self.index) == 0:
             logger.warning(
                 "gallery %s has templates of %s but none of %s, so nobody can be found; "
                 "run `maskid gallery reembed` with this model, or set MASKID_MODEL to the gallery's model",
                 self.settings.db_path,
+                ", ".join(others),
+                self.model_id,
+            )
+            return
+        searched = len(await self.store.list_people(model_id=self.model_id))
+        unsearched = len(await self.store.list_people()) - searched
+        if unsearched:
+            logger.warning(
+                "gallery %s: %d people have templates of %s only and are not searched with %s; "
+                "run `maskid gallery reembed` with this model to search them too",
+                self.settings.db_path,
+                unsearched,
                 ", ".join(others),
                 self.model_id,
             )
@@ -366,9 +387,7 @@ class FaceService:
 
     async def verify(self, first: DecodedImage, second: DecodedImage) -> Verification:
         """Compare the main faces of two photos on the worker pool; see :func:`verify_images`."""
-        return await self.run_model(
-            verify_images, self.pipeline, first, second, self.settings.verify_threshold, self.mask_classifier
-        )
+        return await self.run_model(verify_images, self.pipeline, first, second, self.settings, self.mask_classifier)
 
     async def remove(self, name: str) -> list[RemovedPerson]:
         """Delete every person called ``name`` with their templates.
@@ -424,13 +443,13 @@ def verify_images(
     pipeline: FacePipeline,
     first: DecodedImage,
     second: DecodedImage,
-    threshold: float,
+    settings: Settings,
     mask_classifier: MaskClassifier | None = None,
 ) -> Verification:
-    """Compare the main faces of two photos: cosine similarity and whether it reaches ``threshold``.
+    """Compare the main faces of two photos: cosine similarity and whether it reaches the threshold.
 
-    With ``mask_classifier``, a model with a masked part compares a pair with a masked
-    face on that part (see :func:`core.pipeline.face_similarity`).
+    With ``mask_classifier``, a pair with a masked face is compared on the model's masked
+    part (see :func:`core.pipeline.face_similarity`) against :func:`verify_threshold` for it.
 
     Raises:
         NoFaceError: either photo has no face; the message names it.
@@ -444,14 +463,31 @@ def verify_images(
         faces.append(face)
         counts.append(len(found))
 
-    score = face_similarity(pipeline.layout, faces[0], faces[1], mask_classifier)
+    masked = pair_is_masked(faces[0], faces[1], mask_classifier)
+    score = pipeline.layout.similarity(faces[0].embedding, faces[1].embedding, masked)
+    threshold = verify_threshold(settings, pipeline, masked)
     return Verification(
         score=score,
         same=score >= threshold,
         threshold=threshold,
         boxes=tuple(face.box for face in faces),
         faces_found=tuple(counts),
+        masked=masked,
     )
+
+
+def verify_threshold(settings: Settings, pipeline: FacePipeline, masked: bool) -> float:
+    """Return the verification threshold for a pair: the masked one when either face wears a mask.
+
+    For a masked pair: ``settings.masked_verify_threshold``, else the model's own default,
+    else the unmasked ``settings.verify_threshold``.
+    """
+    if not masked:
+        return settings.verify_threshold
+    if settings.masked_verify_threshold is not None:
+        return settings.masked_verify_threshold
+    model_default = pipeline.embedder.backbone.masked_verify_threshold
+    return settings.verify_threshold if model_default is None else model_default
 
 
 def _loose_name(name: str) -> str:

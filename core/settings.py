@@ -113,6 +113,9 @@ class Settings:
     masked_match_threshold: float | None = None
     # Verification (`maskid verify`): the cosine similarity two photos need to be called the same person.
     verify_threshold: float = 0.40
+    # The same for a pair with a masked face, which a model with a masked part compares there.
+    # Unset, it is the model's own default (0.50 for the Siamese model, verify_threshold for the base).
+    masked_verify_threshold: float | None = None
 
     # Search index: "exact" scores every template. "ivf" and "hnsw" are approximate FAISS
     # indexes over 8-bit quantized templates, saved next to the database. "auto" searches
@@ -164,7 +167,7 @@ class Settings:
             _invalid("min_face_size", f"must be at least 1 pixel, got {self.min_face_size}")
         if not 0.0 <= self.min_detection_probability <= 1.0:
             _invalid("min_detection_probability", f"must be in [0, 1], got {self.min_detection_probability}")
-        for name in ("match_threshold", "masked_match_threshold", "verify_threshold"):
+        for name in ("match_threshold", "masked_match_threshold", "verify_threshold", "masked_verify_threshold"):
             value = getattr(self, name)
             if value is not None and not -1.0 <= value <= 1.0:
                 _invalid(name, f"is a cosine similarity in [-1, 1], got {value}")

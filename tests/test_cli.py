@@ -28,6 +28,7 @@ from core.gallery_build import build_gallery
 from core.pipeline import FacePipeline
 from core.service import FaceService
 from core.settings import Settings
+from core.siamese.backbone import SiameseBackbone
 from core.storage import SqliteGalleryStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -538,6 +539,20 @@ def test_verify(
     assert result["threshold"] == Settings().verify_threshold
     assert result["faces_found"] == [1, 1]
     assert len(result["boxes"]) == 2
+
+
+@pytest.mark.datasets
+def test_verify_masked_pair_uses_masked_threshold(maskid_in_process: MaskidRunner, datasets_dir: Path) -> None:
+    masked = sorted((datasets_dir / "rof" / "masked" / "bill_gates").iterdir())[0]
+    neutral = sorted((datasets_dir / "rof" / "neutral" / "bill_gates").iterdir())[0]
+
+    text = maskid_in_process("verify", masked, neutral)
+    result = maskid_in_process("verify", "--json", masked, neutral).json()
+
+    assert text.exit_code == 0
+    assert "(threshold 0.500, a masked face)" in text.stdout
+    assert result["masked"] is True
+    assert result["threshold"] == SiameseBackbone.masked_verify_threshold
 
 
 @pytest.mark.datasets

@@ -270,3 +270,27 @@ async def test_reembed_same_photo_for_two_people(
     assert summary.images == 2
     assert summary.reembedded == 2
     assert summary.already_done == 0
+
+
+@pytest.mark.datasets
+async def test_start_warns_about_people_of_other_models(
+    settings: Settings,
+    pipeline: FacePipeline,
+    head_pipeline: FacePipeline,
+    datasets_dir: Path,
+    tmp_path: Path,
+    one_torch_thread: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    photos = copy_photos(datasets_dir, tmp_path / "photos")
+    async with service_for(settings, pipeline) as service:
+        await service.enroll(photos[0][0], load_image(photos[0][1], **LIMITS))
+    async with service_for(settings, head_pipeline) as service:
+        await service.enroll(photos[-1][0], load_image(photos[-1][1], **LIMITS))
+
+    caplog.clear()
+    async with service_for(settings, head_pipeline):
+        pass
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("1 people have templates of" in message and "not searched" in message for message in warnings)
