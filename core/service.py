@@ -196,8 +196,7 @@ class FaceService:
 
     async def other_models(self) -> list[str]:
         """Return the ids of the models with enrolled images in the gallery, other than this service's."""
-        models = (await self.store.counts())["models"]
-        return sorted(model_id for model_id, entry in models.items() if entry["images"] and model_id != self.model_id)
+        return [model_id for model_id in await self.store.enrolled_model_ids() if model_id != self.model_id]
 
     async def _warn_about_other_models(self) -> None:
         """Warn when people of the gallery have only other models' templates, which no search reaches."""

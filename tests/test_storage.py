@@ -516,6 +516,14 @@ async def test_counts_per_model(store: SqliteGalleryStore) -> None:
     }
 
 
+async def test_enrolled_model_ids_skip_no_face_models(store: SqliteGalleryStore) -> None:
+    await enroll(store, "Alice", 1)
+    await store.enroll(person_name="Bob", source="cli", model_id=OTHER_MODEL, image=image(2), templates=[original(2)])
+    await store.record_no_face(model_id="no-face-model", image=image(3))
+
+    assert await store.enrolled_model_ids() == sorted([MODEL, OTHER_MODEL])
+
+
 async def test_settings_round_trip(store: SqliteGalleryStore) -> None:
     assert await store.get_setting("threshold") is None
 

@@ -188,6 +188,10 @@ class GalleryStore(Protocol):
         """Return the count, largest id and id sum of the templates of ``model_id``, for checking a saved index."""
         ...
 
+    async def enrolled_model_ids(self) -> list[str]:
+        """Return the sorted ids of the models with at least one enrolled image, without counting rows."""
+        ...
+
     async def counts(self) -> dict[str, Any]:
         """Return gallery sizes as ``{"people": int, "models": {model_id: {...}}}``.
 

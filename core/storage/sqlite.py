@@ -518,6 +518,31 @@ class SqliteGalleryStore:
 
     # Statistics and settings.
 
+    async def enrolled_model_ids(self) -> list[str]:
+        """Return the models with an enrolled image, as ``GalleryStore.enrolled_model_ids`` describes.
+
+        Each step jumps to the next model id through the ``images_model_sha256`` index, so the
+        cost grows with the number of models, not of images; :meth:`counts` scans every row.
+        """
+
+        async def read(connection: aiosqlite.Connection) -> list[str]:
+            found: list[str] = []
+            model_id = ""
+            while True:
+                rows = await connection.execute_fetchall(
+                    "SELECT model_id FROM images WHERE model_id > ? ORDER BY model_id LIMIT 1", (model_id,)
+                )
+                if not rows:
+                    return found
+                model_id = rows[0][0]
+                enrolled = await connection.execute_fetchall(
+                    "SELECT 1 FROM images WHERE model_id = ? AND status = 'enrolled' LIMIT 1", (model_id,)
+                )
+                if enrolled:
+                    found.append(model_id)
+
+        return await self._read(read, action="list the models of enrolled images")
+
     async def counts(self) -> dict[str, Any]:
         """Count people, and images and templates per model id, as ``GalleryStore.counts`` describes."""
 
