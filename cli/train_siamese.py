@@ -165,8 +165,8 @@ async def train_siamese(args: argparse.Namespace, settings: Settings) -> Command
     photos = select_people(dataset, skip=args.skip_people, max_people=args.people, seed=args.seed)
     training_people, validation_people = split_people(list(photos), args.validation_fraction, args.seed)
 
-    # Crops come from the base network's pipeline whatever --model says: the head trains on
-    # its trunk, and the detections cached by base-model runs are reused.
+    # Crops come from the base network's pipeline whatever the --model value, because the head
+    # trains on its trunk. The detections cached by base-model runs are reused too.
     pipeline = FacePipeline.from_settings(dataclasses.replace(settings, model=BASE_MODEL))
     runner = TrunkRunner(settings, args.layer)
     trunk_cache = TrunkCache(settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=args.layer)

@@ -20,8 +20,9 @@ With ``--parts 2`` each template is two descriptors of ``--dim / 2`` values, as
 parts, each template part is a noisy sample of its centre part as above, and each part
 is scaled by 1/sqrt(2). Each query is then the probe vector that
 ``DescriptorLayout.probe_vector`` makes, which keeps only the masked part (part 0, for
-even-numbered queries) or the unmasked part (part 1, for odd-numbered ones). The exact
-reference scores the same probe vectors.
+even-numbered queries) or the unmasked part (part 1, for odd-numbered ones). As in the
+service, the query's whole descriptor goes with it as the locator, which the IVF index
+uses to pick its lists. The exact reference scores the same probe vectors.
 
 Usage::
 
@@ -605,7 +606,8 @@ def gallery_description(arguments: argparse.Namespace) -> list[str]:
         f"{around} with independent random parts (cosine about 0.75 between two samples of one part).",
         "Each query is a new sample of a gallery person turned into a probe vector as",
         "`DescriptorLayout.probe_vector` does: half of the queries keep only the masked part (0) and",
-        "half only the unmasked part (1), so a score is the cosine of that part.",
+        "half only the unmasked part (1), so a score is the cosine of that part. The whole sample",
+        "goes with each probe as the locator that picks the IVF lists, as in the service.",
     ]
 
 

@@ -211,9 +211,9 @@ def identification_row(
 ) -> dict[str, float]:
     """Return masked and unmasked rank-1 and TPIR at 1% FPIR with three matchers.
 
-    "plain" compares every probe with the photos' own templates on the whole descriptor;
+    "plain" compares every probe with the photos' own templates on the whole descriptor.
     "own templates" is the service's matching with no synthetic-mask templates, and
-    "mask-aware" the service's default, with ``count`` of them per gallery photo.
+    "mask-aware" is the service's default, with ``count`` of them per gallery photo.
     """
     row: dict[str, float] = {}
     for name, matcher in (

@@ -198,7 +198,7 @@ async def test_ann_recall_on_clustered_gallery(
 async def test_ivf_finds_part_probes_through_their_locator(
     tmp_path: Path, store: SqliteGalleryStore, small_ann: None
 ) -> None:
-    # Two-part descriptors: each template holds two independent unit parts scaled by 1/sqrt(2).
+    # Two-part descriptors: each template contains two independent unit parts scaled by 1/sqrt(2).
     layout = DescriptorLayout((DIM // 2, DIM // 2), masked_part=0, unmasked_part=1)
     rng = np.random.default_rng(7)
     centres = await clustered_gallery(store, rng, people=300, per_person=5, two_parts=True)
