@@ -25,6 +25,8 @@ from core.settings import Settings
 logger = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "embeddings.sqlite3"
+# Photos without a usable face that the text output names; --json lists them all.
+LISTED_PHOTOS = 10
 
 
 def add_calibrate_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -71,6 +73,9 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
                 show_progress=not args.json,
             )
         faces = [photo.face for photo in photos.values() if photo.face is not None]
+        unused = {str(photo.path): photo.error or "no face found" for photo in photos.values() if photo.face is None}
+        for path, reason in unused.items():
+            logger.info("calibration leaves out %s: %s", path, reason)
         if len(faces) < minimum_probes(args.fpir):
             raise DatasetError(
                 f"{len(faces)} faces found in {len(paths)} photos, but FPIR {args.fpir} needs at least "
@@ -86,8 +91,9 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
         _kind_line("masked", calibration.masked, calibration.masked_probes, calibration.achieved_masked_fpir),
         f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
         f"masked {thresholds.masked:.4f} ({thresholds.masked_source})",
+        *_unused_lines(unused),
     ]
-    return CommandResult("\n".join(lines), _json(calibration, skipped))
+    return CommandResult("\n".join(lines), _json(calibration, skipped, unused))
 
 
 async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list[Path], int]:
@@ -113,5 +119,16 @@ def _kind_line(kind: str, threshold: float | None, probes: int, achieved: float 
     return f"{kind:<9} {probes} faces, threshold {threshold:.4f} (FPIR on them {achieved:.4f})"
 
 
-def _json(calibration: Calibration, skipped: int) -> dict[str, Any]:
-    return {"skipped_enrolled": skipped, **dict(calibration.__dict__)}
+def _unused_lines(unused: dict[str, str]) -> list[str]:
+    """Name the photos that gave no face, so that a wrong folder or broken files show up."""
+    if not unused:
+        return []
+    lines = [f"no face   {len(unused)} photos left out:"]
+    lines += [f"  {path}: {reason}" for path, reason in list(unused.items())[:LISTED_PHOTOS]]
+    if len(unused) > LISTED_PHOTOS:
+        lines.append(f"  and {len(unused) - LISTED_PHOTOS} more (--json lists them all)")
+    return lines
+
+
+def _json(calibration: Calibration, skipped: int, unused: dict[str, str]) -> dict[str, Any]:
+    return {"skipped_enrolled": skipped, "left_out": unused, **dict(calibration.__dict__)}

@@ -657,17 +657,24 @@ def test_calibrate_stores_thresholds_that_identify_uses(
     link_lfw_tree(strangers, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
     # A folder named like an enrolled person is skipped: it would not show a stranger.
     link_lfw_tree(strangers, datasets_dir, ("Alan_Greenspan",), (5,))
+    # Photos without a usable face are named in the output, not silently dropped.
+    write_grey_png(strangers / "grey.png")
+    (strangers / "notes.jpg").write_text("not a photo")
 
     run = maskid_in_process("calibrate", "--fpir", "0.2", strangers)
     as_json = maskid_in_process("calibrate", "--fpir", "0.2", "--json", strangers).json()
     identified = maskid_in_process("identify", "--json", lfw_photo(datasets_dir, *STRANGER)).json()
 
     assert run.exit_code == 0, run.stderr
-    assert "6 used, 6 with a face, 1 skipped as enrolled people" in run.stdout
+    assert "8 used, 6 with a face, 1 skipped as enrolled people" in run.stdout
+    assert "no face   2 photos left out:" in run.stdout
+    assert f"  {strangers / 'grey.png'}: no face found" in run.stdout
+    assert "notes.jpg: " in run.stdout
     assert re.search(r"^unmasked  6 faces, threshold 0\.\d{4} \(FPIR on them 0\.1667\)$", run.stdout, re.MULTILINE)
     assert "masked    0 faces, too few for this FPIR: threshold not changed" in run.stdout
     assert as_json["unmasked"] == pytest.approx(identified[0]["faces"][0]["threshold"])
     assert as_json["skipped_enrolled"] == 1
+    assert sorted(Path(path).name for path in as_json["left_out"]) == ["grey.png", "notes.jpg"]
 
 
 def test_calibrate_rejects_fpir_outside_zero_one(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
