@@ -246,17 +246,35 @@ class Settings:
             name = env_name(settings_field.name)
             if name in values and values[name] != "":
                 kwargs[settings_field.name] = _parse(settings_field, values[name], name)
-        kwargs.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**kwargs)
+        passed = {key: value for key, value in overrides.items() if value is not None}
+        kwargs.update(passed)
+        try:
+            return cls(**kwargs)
+        except InvalidSettingError as exc:
+            if exc.field_name not in passed:
+                raise
+            variable = env_name(exc.field_name)
+            raise ConfigurationError(
+                f"{exc.field_name} {exc.problem}; the value was given as an option, which overrides {variable}"
+            ) from None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes)
 
 
+class InvalidSettingError(ConfigurationError):
+    """An invalid value of one setting, with the field and the problem apart so that a caller can name its source."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        variable = env_name(field_name)
+        super().__init__(f"{field_name} ({variable}) {problem}; fix it in the environment, .env or options")
+        self.field_name = field_name
+        self.problem = problem
+
+
 def _invalid(field_name: str, problem: str) -> None:
-    variable = env_name(field_name)
-    raise ConfigurationError(f"{field_name} ({variable}) {problem}; fix it in the environment, .env or options")
+    raise InvalidSettingError(field_name, problem)
 
 
 def env_name(field_name: str) -> str:

@@ -180,6 +180,16 @@ def test_out_of_range_env_value_names_variable() -> None:
         Settings.from_env({"MASKID_BATCH_SIZE": "0"}, env_file=None)
 
 
+def test_invalid_override_named_as_option() -> None:
+    # The environment's value is valid; the override (a command-line option) is the one to fix.
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"MASKID_DEVICE": "cpu"}, env_file=None, device="tpu")
+
+    assert str(raised.value) == (
+        "device must be 'cpu' or 'cuda[:N]', got 'tpu'; the value was given as an option, which overrides MASKID_DEVICE"
+    )
+
+
 @pytest.mark.parametrize("threshold", [-1.0, 1.0], ids=["minimum", "maximum"])
 def test_match_threshold_accepts_bounds(threshold: float) -> None:
     assert Settings(match_threshold=threshold).match_threshold == threshold
