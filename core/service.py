@@ -293,6 +293,11 @@ class FaceService:
             owner_id=owner_id,
             chat_id=chat_id,
         )
+        if enrollment.already_enrolled:
+            logger.info(
+                "image %s was enrolled for person %d by a concurrent call", image.sha256[:12], enrollment.person_id
+            )
+            return EnrollResult(enrollment.person_id, name, (), len(faces), created_person=False, already_enrolled=True)
         count = len(templates)
         self.index.add(
             enrollment.template_ids,

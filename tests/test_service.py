@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -38,6 +39,22 @@ async def test_enroll_stores_synthetic_templates_linked_to_their_source(
     original_id = rows[0][0]
     assert rows[0][1:] == ("original", None)
     assert [row[1:] for row in rows[1:]] == [("synthetic", original_id)] * 3
+
+
+async def test_concurrent_enrolls_store_photo_once(
+    settings: Settings, pipeline: FacePipeline, datasets_dir: Path, one_torch_thread: None
+) -> None:
+    image = photo(datasets_dir, "Colin_Powell")
+
+    async with service_for(settings, pipeline) as service:
+        # Both calls pass the early duplicate check before either writes.
+        results = await asyncio.gather(service.enroll("Colin Powell", image), service.enroll("Colin Powell", image))
+        index_size = len(service.index)
+
+    stored = 1 + settings.synthetic_masks
+    assert sorted(result.already_enrolled for result in results) == [False, True]
+    assert len(template_rows(settings.db_path)) == stored
+    assert index_size == stored
 
 
 async def test_synthetic_templates_go_with_their_source(

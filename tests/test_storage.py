@@ -160,6 +160,18 @@ async def test_enroll_reuses_person(store: SqliteGalleryStore) -> None:
     assert person.updated_at > person.created_at
 
 
+async def test_enroll_same_image_twice_writes_once(store: SqliteGalleryStore, db_path: Path) -> None:
+    first = await enroll(store, "Alice", 1)
+    again = await enroll(store, "Alice", 1)
+    other_person = await enroll(store, "Bob", 1)
+
+    assert again.already_enrolled
+    assert again.image_id == first.image_id
+    assert again.template_ids == ()
+    assert not other_person.already_enrolled
+    assert row_counts(db_path)["templates"] == 4
+
+
 async def test_enroll_separates_people_by_source_and_owner(store: SqliteGalleryStore) -> None:
     cli = await enroll(store, "Alice", 1)
     owned = await enroll(store, "Alice", 2, owner_id=42)

@@ -66,7 +66,9 @@ class GalleryStore(Protocol):
         """Store one image of a person and its templates in a single transaction.
 
         The person matched by ``(person_name, source, owner_id)`` is created if missing.
-        The image gets status ``"enrolled"`` and ``faces_found`` equal to the number of
+        When that person already has an enrolled image with the same ``(model_id, sha256)``,
+        nothing is written and the result has ``already_enrolled`` set. Otherwise the
+        image gets status ``"enrolled"`` and ``faces_found`` equal to the number of
         original templates. A synthetic template's ``parent_index`` becomes the id of that
         template's row. Either every row is written or none is.
 

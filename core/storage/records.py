@@ -110,12 +110,17 @@ class NewTemplate:
 
 @dataclass(frozen=True)
 class Enrollment:
-    """Ids of the rows one ``enroll`` call wrote, with ``template_ids`` in the order of the input templates."""
+    """Ids of the rows one ``enroll`` call wrote, with ``template_ids`` in the order of the input templates.
+
+    ``already_enrolled`` is True, ``image_id`` the earlier row's and ``template_ids``
+    empty, when the person already had this image under the model and nothing was written.
+    """
 
     person_id: int
     image_id: int
     template_ids: tuple[int, ...]
     created_person: bool
+    already_enrolled: bool = False
 
 
 @dataclass(frozen=True)

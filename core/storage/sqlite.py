@@ -199,6 +199,16 @@ class SqliteGalleryStore:
         async def write(connection: aiosqlite.Connection) -> Enrollment:
             now = _now()
             person_id, created = await _get_or_create_person(connection, person_name, source, owner_id, now)
+            # Checked inside the write transaction, so that two concurrent enrolls of one photo store it once.
+            cursor = await connection.execute(
+                "SELECT id FROM images WHERE model_id = ? AND sha256 = ? AND status = 'enrolled' AND person_id = ? "
+                "LIMIT 1",
+                (model_id, image.sha256, person_id),
+            )
+            existing = await cursor.fetchone()
+            if existing is not None:
+                return Enrollment(person_id, existing[0], (), created, already_enrolled=True)
+
             faces_found = sum(1 for template in templates if template.kind == ORIGINAL)
             image_id = await _insert_image(
                 connection, image, model_id=model_id, person_id=person_id, faces_found=faces_found, now=now
