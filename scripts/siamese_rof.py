@@ -61,6 +61,8 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, FACENET_STAGES, TrunkRunner,
 
 logger = logging.getLogger(__name__)
 
+GREY = 128
+
 
 @dataclasses.dataclass
 class TrunkTable:
@@ -76,9 +78,12 @@ class TrunkTable:
 
 
 def photo_crops(
-    photo: AnalysedPhoto, pipeline: FacePipeline, settings: Settings, masks: int
+    photo: AnalysedPhoto, pipeline: FacePipeline, settings: Settings, masks: int, fill_below: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the aligned crop with its mirror image, and ``masks`` masked crops with theirs, as uint8 arrays."""
+    """Return the aligned crop with its mirror image, and ``masks`` masked crops with theirs, as uint8 arrays.
+
+    With ``fill_below``, every crop is painted grey from that row down.
+    """
     image = load_image(photo.path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     detection = photo.face.detection
     crop = align_face(image.pixels, detection, pipeline.alignment)
@@ -86,7 +91,11 @@ def photo_crops(
     masked = [align_face(pixels, detection, pipeline.alignment) for pixels in variants]
     size = pipeline.alignment.size
     masked_pairs = np.stack([[item, item[:, ::-1]] for item in masked]) if masked else np.zeros((0, 2, size, size, 3))
-    return np.stack([crop, crop[:, ::-1]]), masked_pairs.astype(np.uint8)
+    crops = np.stack([crop, crop[:, ::-1]])
+    if fill_below is not None:
+        crops[:, fill_below:] = GREY
+        masked_pairs[:, :, fill_below:] = GREY
+    return crops, masked_pairs.astype(np.uint8)
 
 
 def trunk_table(
@@ -96,10 +105,12 @@ def trunk_table(
     pipeline: FacePipeline,
     settings: Settings,
     layer: str,
+    fill_below: int | None = None,
 ) -> TrunkTable:
     """Run the trunk up to ``layer`` on every crop, or load the outputs an earlier run stored for the same photos."""
     photos = [photo for photo in analysed.values() if photo.face is not None]
-    key = "\n".join([pipeline.model_id, layer, str(masks), *sorted(str(photo.path) for photo in photos)])
+    parts = [pipeline.model_id, layer, str(masks)] + ([] if fill_below is None else [f"fill below {fill_below}"])
+    key = "\n".join([*parts, *sorted(str(photo.path) for photo in photos)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_file = settings.cache_dir / "eval" / f"siamese-trunk-{digest}.npz"
     if cache_file.is_file():
@@ -113,7 +124,7 @@ def trunk_table(
     table = TrunkTable({}, {})
     for photo in tqdm(photos, unit="photo", desc="trunk outputs"):
         count = masks if photo.path in gallery else 0
-        crops, masked = photo_crops(photo, pipeline, settings, count)
+        crops, masked = photo_crops(photo, pipeline, settings, count, fill_below)
         outputs = runner.run(np.concatenate([crops, masked.reshape(-1, *crops.shape[1:])]))
         table.plain[photo.path] = outputs[:2]
         if count:
@@ -253,6 +264,12 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, help="datasets folder (default: MASKID_DATASETS)")
     parser.add_argument("--synthetic-masks", type=int, help="templates per gallery photo (default: settings)")
     parser.add_argument("--lfw-pairs", type=Path, help="also score this LFW pairs file (images in DATASETS/lfw)")
+    parser.add_argument(
+        "--fill-below",
+        type=int,
+        metavar="ROW",
+        help="paint every aligned crop grey from this row down, to score matching on the upper face",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -279,9 +296,9 @@ def main() -> None:
     layers = {info.layer for _, _, info, _ in heads} | {DEFAULT_TRUNK_LAYER}
     first_layer = min(layers, key=FACENET_STAGES.index)
     gallery = {path for paths in protocol.gallery.values() for path in paths}
-    tables = {first_layer: trunk_table(photos, gallery, count, base, settings, first_layer)}
+    tables = {first_layer: trunk_table(photos, gallery, count, base, settings, first_layer, args.fill_below)}
     if lfw_photos:
-        lfw_table = trunk_table(lfw_photos, set(), 0, base, settings, first_layer)
+        lfw_table = trunk_table(lfw_photos, set(), 0, base, settings, first_layer, args.fill_below)
         tables[first_layer].plain.update(lfw_table.plain)
     facenet = load_facenet(settings)
     if first_layer != DEFAULT_TRUNK_LAYER:

@@ -1,0 +1,74 @@
+"""Tests for the crop changes of scripts/siamese_crop_variants.py, without training."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from core.detection import DetectedFace
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "siamese_crop_variants.py"
+
+
+@pytest.fixture(scope="module")
+def variants() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("siamese_crop_variants", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gradient_image(height: int = 250, width: int = 250) -> np.ndarray:
+    """Return an RGB image whose red channel grows to the right and green channel downwards."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[..., 0] = columns * 255 // (width - 1)
+    pixels[..., 1] = rows * 255 // (height - 1)
+    return pixels
+
+
+def face(box: tuple[float, float, float, float]) -> DetectedFace:
+    """Return a detection of ``box`` with landmarks where eyes, nose and mouth corners would be."""
+    x1, y1, x2, y2 = box
+    relative = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], dtype=np.float32)
+    landmarks = np.array([x1, y1], dtype=np.float32) + relative * np.array([x2 - x1, y2 - y1], dtype=np.float32)
+    return DetectedFace(box=box, probability=0.99, landmarks=landmarks)
+
+
+def test_box_overlap_cases(variants: ModuleType) -> None:
+    assert variants.box_overlap((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
+    assert variants.box_overlap((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert variants.box_overlap((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def test_tight_copy_moves_landmarks_with_pixels(variants: ModuleType) -> None:
+    pixels = gradient_image()
+    original = face((60.0, 50.0, 200.0, 210.0))
+
+    small, moved = variants.tight_copy(pixels, original, np.random.default_rng(3))
+
+    box_width = moved.box[2] - moved.box[0]
+    assert variants.TIGHT_BOX_WIDTHS[0] - 1 <= box_width <= variants.TIGHT_BOX_WIDTHS[1] + 1
+    assert max(small.shape[:2]) < max(pixels.shape[:2])
+    for before, after in zip(original.landmarks, moved.landmarks, strict=True):
+        old = pixels[round(before[1]), round(before[0])].astype(int)
+        new = small[round(after[1]), round(after[0])].astype(int)
+        # The copy's gradient changes at most two levels a pixel, and rounding moves a landmark under a pixel.
+        assert np.abs(old - new).max() <= 6
+
+
+def test_upper_face_paints_lower_rows(variants: ModuleType) -> None:
+    crop = gradient_image(160, 160)
+
+    painted = variants.upper_face(crop)
+
+    assert (painted[variants.UPPER_FACE_ROWS :] == variants.GREY).all()
+    assert np.array_equal(painted[: variants.UPPER_FACE_ROWS], crop[: variants.UPPER_FACE_ROWS])
+    assert np.array_equal(crop, gradient_image(160, 160))
