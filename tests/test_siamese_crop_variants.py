@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from script_modules import load_script
 
 from core.detection import DetectedFace
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "siamese_crop_variants.py"
 
 
 @pytest.fixture(scope="module")
 def variants() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("siamese_crop_variants", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("siamese_crop_variants.py")
 
 
 def gradient_image(height: int = 250, width: int = 250) -> np.ndarray:
