@@ -60,6 +60,17 @@ def copy_photos(datasets_dir: Path, folder: Path) -> list[tuple[str, Path]]:
     return photos
 
 
+async def enroll_copies(
+    settings: Settings, pipeline: FacePipeline, datasets_dir: Path, folder: Path
+) -> list[tuple[str, Path]]:
+    """Copy one photo of each person into ``folder``, enroll the copies with ``pipeline`` and return them."""
+    photos = copy_photos(datasets_dir, folder)
+    async with service_for(settings, pipeline) as service:
+        for name, path in photos:
+            await service.enroll(name, load_image(path, **LIMITS))
+    return photos
+
+
 def model_counts(db_path: Path) -> dict[str, int]:
     with sqlite3.connect(db_path) as connection:
         rows = connection.execute("SELECT model_id, count(*) FROM templates GROUP BY model_id").fetchall()
@@ -119,10 +130,7 @@ async def test_reembed_moves_gallery_to_new_model(
     tmp_path: Path,
     one_torch_thread: None,
 ) -> None:
-    photos = copy_photos(datasets_dir, tmp_path / "photos")
-    async with service_for(settings, pipeline) as service:
-        for name, path in photos:
-            await service.enroll(name, load_image(path, **LIMITS))
+    photos = await enroll_copies(settings, pipeline, datasets_dir, tmp_path / "photos")
 
     async with service_for(settings, head_pipeline) as service:
         assert await service.other_models() == [pipeline.model_id]
@@ -148,10 +156,8 @@ async def test_reembed_lists_missing_and_changed_files(
     tmp_path: Path,
     one_torch_thread: None,
 ) -> None:
-    photos = copy_photos(datasets_dir, tmp_path / "photos")
+    photos = await enroll_copies(settings, pipeline, datasets_dir, tmp_path / "photos")
     async with service_for(settings, pipeline) as service:
-        for name, path in photos:
-            await service.enroll(name, load_image(path, **LIMITS))
         chat_photo = load_image((datasets_dir / "lfw" / PEOPLE[0] / f"{PEOPLE[0]}_0002.jpg").read_bytes(), **LIMITS)
         await service.enroll("Chat User", chat_photo, source="telegram", owner_id=7, chat_id=-100)
     photos[0][1].unlink()
