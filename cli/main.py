@@ -25,9 +25,19 @@ from cli import (
     train_command,
 )
 from core.errors import ConfigurationError, MaskidError
-from core.settings import Settings
+from core.settings import InvalidSettingError, Settings
 
 logger = logging.getLogger(__name__)
+
+# Settings that a global option overrides: the parsed attribute and the option's name.
+SETTING_OPTIONS = {
+    "db_path": ("db", "--db"),
+    "device": ("device", "--device"),
+    "model": ("model", "--model"),
+    "torch_threads": ("threads", "--threads"),
+    "match_threshold": ("threshold", "--threshold"),
+    "masked_match_threshold": ("masked_threshold", "--masked-threshold"),
+}
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -155,6 +165,17 @@ def configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def settings_from_options(args: argparse.Namespace) -> Settings:
+    """Read the settings with the global options on top, and name the option in the error when one is invalid."""
+    options = {field_name: getattr(args, attribute) for field_name, (attribute, _) in SETTING_OPTIONS.items()}
+    try:
+        return Settings.from_env(env_file=args.env_file or Path(".env"), **options)
+    except InvalidSettingError as exc:
+        if not exc.from_option:
+            raise
+        raise ConfigurationError(f"{SETTING_OPTIONS[exc.field_name][1]} {exc.problem}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``maskid`` command line and return its exit status."""
     parser = build_parser()
@@ -164,15 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.env_file is not None and not args.env_file.is_file():
             raise ConfigurationError(f"settings file {args.env_file} not found; fix --env-file or leave it out")
-        settings = Settings.from_env(
-            env_file=args.env_file or Path(".env"),
-            db_path=args.db,
-            device=args.device,
-            model=args.model,
-            torch_threads=args.threads,
-            match_threshold=args.threshold,
-            masked_match_threshold=args.masked_threshold,
-        )
+        settings = settings_from_options(args)
         result = asyncio.run(args.handler(args, settings))
     except MaskidError as exc:
         logger.debug("command failed", exc_info=True)

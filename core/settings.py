@@ -253,10 +253,7 @@ class Settings:
         except InvalidSettingError as exc:
             if exc.field_name not in passed:
                 raise
-            variable = env_name(exc.field_name)
-            raise ConfigurationError(
-                f"{exc.field_name} {exc.problem}; the value was given as an option, which overrides {variable}"
-            ) from None
+            raise InvalidSettingError(exc.field_name, exc.problem, from_option=True) from None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied and validated."""
@@ -264,13 +261,22 @@ class Settings:
 
 
 class InvalidSettingError(ConfigurationError):
-    """An invalid value of one setting, with the field and the problem apart so that a caller can name its source."""
+    """An invalid value of one setting, with the field and the problem apart so that a caller can name its source.
 
-    def __init__(self, field_name: str, problem: str) -> None:
+    ``from_option`` is True when the value came from an override of :meth:`Settings.from_env`,
+    such as a command-line option, rather than from the environment or ``.env``.
+    """
+
+    def __init__(self, field_name: str, problem: str, *, from_option: bool = False) -> None:
         variable = env_name(field_name)
-        super().__init__(f"{field_name} ({variable}) {problem}; fix it in the environment, .env or options")
+        if from_option:
+            message = f"{field_name} {problem}; the value was given as an option, which overrides {variable}"
+        else:
+            message = f"{field_name} ({variable}) {problem}; fix it in the environment, .env or options"
+        super().__init__(message)
         self.field_name = field_name
         self.problem = problem
+        self.from_option = from_option
 
 
 def _invalid(field_name: str, problem: str) -> None:

@@ -612,6 +612,24 @@ def test_people_missing_database_rejected(maskid_in_process: MaskidRunner, db_pa
     assert not db_path.exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--threshold", "5", "--threshold is a cosine similarity in [-1, 1], got 5.0"),
+        ("--threads", "-2", "--threads must be 0 (default) or positive, got -2"),
+        ("--device", "gpu", "--device must be 'cpu' or 'cuda[:N]', got 'gpu'"),
+    ],
+    ids=["threshold", "threads", "device"],
+)
+def test_invalid_option_named_in_error(
+    maskid_in_process: MaskidRunner, gallery_db: Path, option: str, value: str, message: str
+) -> None:
+    run = maskid_in_process(option, value, "people")
+
+    assert_one_line_error(run)
+    assert f"maskid: error: {message}" in run.stderr
+
+
 def test_missing_env_file_rejected(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
     run = maskid_in_process("--env-file", tmp_path / "missing.env", "people")
 

@@ -368,7 +368,9 @@ def test_build_into_missing_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     run = run_cli(monkeypatch, ["gallery", "build", str(tmp_path / "photos")], db, tmp_path)
 
-    assert_one_line_error(run, f"folder {db.parent} does not exist; create it or set MASKID_DB")
+    assert_one_line_error(
+        run, f"folder {db.parent} does not exist; create it or choose another file with --db or MASKID_DB"
+    )
     assert not db.parent.exists()
 
 
@@ -393,5 +395,9 @@ def test_build_into_read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
         finally:
             read_only_folder.chmod(0o755)
 
-        assert_one_line_error(run, f"folder {read_only_folder} is not writable", "make it writable or set MASKID_DB")
+        assert_one_line_error(
+            run,
+            f"folder {read_only_folder} is not writable",
+            "make it writable or choose another file with --db or MASKID_DB",
+        )
         assert list(read_only_folder.iterdir()) == []

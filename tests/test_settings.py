@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigurationError
-from core.settings import DEFAULT_DB_PATH, Settings, env_name
+from core.settings import DEFAULT_DB_PATH, InvalidSettingError, Settings, env_name
 
 SECRET_TOKEN = "123456:AAH-secret-token-value"
 
@@ -188,6 +188,8 @@ def test_invalid_override_named_as_option() -> None:
     assert str(raised.value) == (
         "device must be 'cpu' or 'cuda[:N]', got 'tpu'; the value was given as an option, which overrides MASKID_DEVICE"
     )
+    assert isinstance(raised.value, InvalidSettingError)
+    assert raised.value.from_option
 
 
 @pytest.mark.parametrize("threshold", [-1.0, 1.0], ids=["minimum", "maximum"])

@@ -637,7 +637,9 @@ async def test_newer_schema_version_raises(db_path: Path) -> None:
 async def test_missing_folder_raises(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "gallery.sqlite3"
 
-    with pytest.raises(StorageError, match="does not exist; create it or set MASKID_DB") as raised:
+    with pytest.raises(
+        StorageError, match="does not exist; create it or choose another file with --db or MASKID_DB"
+    ) as raised:
         await SqliteGalleryStore(path).open()
 
     assert str(path) in str(raised.value)
@@ -648,7 +650,7 @@ async def test_path_under_a_file_raises(tmp_path: Path) -> None:
     blocker = tmp_path / "notes.txt"
     blocker.write_text("not a folder")
 
-    with pytest.raises(StorageError, match="is not a folder; set MASKID_DB"):
+    with pytest.raises(StorageError, match="is not a folder; choose another file with --db or MASKID_DB"):
         await SqliteGalleryStore(blocker / "gallery.sqlite3").open()
 
 
@@ -794,5 +796,8 @@ async def test_read_only_connection_raises_with_hint(store: SqliteGalleryStore) 
     assert store._connection is not None
     await store._connection.execute("PRAGMA query_only = ON")
 
-    with pytest.raises(StorageError, match="readonly database; make the file and its folder writable or set MASKID_DB"):
+    with pytest.raises(
+        StorageError,
+        match="readonly database; make the file and its folder writable or choose another file with --db or MASKID_DB",
+    ):
         await store.set_setting("threshold", "0.5")

@@ -115,7 +115,7 @@ def pending_migrations(current_version: int, path: Path) -> tuple[Migration, ...
         raise StorageError(
             f"gallery database {path} has schema version {current_version}, but this maskid "
             f"supports versions up to {SCHEMA_VERSION}; upgrade maskid to open it, "
-            "or set MASKID_DB to another database file"
+            "or choose another database file with --db or MASKID_DB"
         )
     return tuple(migration for migration in MIGRATIONS if migration.version > current_version)
 

@@ -78,7 +78,7 @@ _TEMPLATE_COLUMNS: Final = (
     " templates.owner_id"
 )
 
-_PATH_HINT: Final = f"set {env_name('db_path')} to another file (the default is ./{DEFAULT_DB_PATH})"
+_PATH_HINT: Final = f"choose another file with --db or {env_name('db_path')} (the default is ./{DEFAULT_DB_PATH})"
 
 _T = TypeVar("_T")
 _Operation = Callable[[aiosqlite.Connection], Awaitable[_T]]
