@@ -18,7 +18,7 @@ from typing import Any
 from cli.commands import CommandResult, require_gallery
 from core.calibration import DEFAULT_TARGET_FPIR, Calibration, minimum_probes
 from core.errors import DatasetError
-from core.evaluation.identification import EmbeddingCache, analyse_photos, list_images, name_key
+from core.evaluation.identification import AnalysedPhoto, EmbeddingCache, analyse_photos, list_images, name_key
 from core.service import FaceService
 from core.settings import Settings
 
@@ -73,7 +73,7 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
                 show_progress=not args.json,
             )
         faces = [photo.face for photo in photos.values() if photo.face is not None]
-        unused = {str(photo.path): photo.error or "no face found" for photo in photos.values() if photo.face is None}
+        unused = {str(photo.path): _unused_reason(photo) for photo in photos.values() if photo.face is None}
         for path, reason in unused.items():
             logger.info("calibration leaves out %s: %s", path, reason)
         if len(faces) < minimum_probes(args.fpir):
@@ -119,11 +119,18 @@ def _kind_line(kind: str, threshold: float | None, probes: int, achieved: float 
     return f"{kind:<9} {probes} faces, threshold {threshold:.4f} (FPIR on them {achieved:.4f})"
 
 
+def _unused_reason(photo: AnalysedPhoto) -> str:
+    """Return why a photo gave no face, without the file name that read errors start with."""
+    if photo.error is None:
+        return "no face found"
+    return photo.error.removeprefix(f"{str(photo.path)!r}: ")
+
+
 def _unused_lines(unused: dict[str, str]) -> list[str]:
     """Name the photos that gave no face, so that a wrong folder or broken files show up."""
     if not unused:
         return []
-    lines = [f"no face   {len(unused)} photos left out:"]
+    lines = [f"left out  {len(unused)} files with no usable face:"]
     lines += [f"  {path}: {reason}" for path, reason in list(unused.items())[:LISTED_PHOTOS]]
     if len(unused) > LISTED_PHOTOS:
         lines.append(f"  and {len(unused) - LISTED_PHOTOS} more (--json lists them all)")

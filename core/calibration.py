@@ -126,7 +126,7 @@ def calibrate(
     picked: dict[str, tuple[float | None, float | None]] = {}
     for kind, scores in (("unmasked", unmasked_scores), ("masked", masked_scores)):
         if len(scores) < minimum_probes(target_fpir):
-            logger.warning(
+            logger.info(
                 "%d %s non-mated faces are too few for FPIR %.4f (need %d); that threshold is not calibrated",
                 len(scores),
                 kind,
