@@ -41,7 +41,12 @@ def add_calibrate_parser(subcommands: argparse._SubParsersAction) -> None:
             "like an enrolled person, are skipped."
         ),
     )
-    parser.add_argument("folders", type=Path, nargs="+", metavar="DIR", help="photos of people who are not enrolled")
+    parser.add_argument("folders", type=Path, nargs="*", metavar="DIR", help="photos of people who are not enrolled")
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete the stored calibration of the current model and go back to the built-in thresholds",
+    )
     parser.add_argument(
         "--fpir",
         type=float,
@@ -54,6 +59,10 @@ def add_calibrate_parser(subcommands: argparse._SubParsersAction) -> None:
 
 async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResult:
     """Identify the non-mated photos, pick the thresholds and store them in the gallery."""
+    if args.reset:
+        return await _reset(args, settings)
+    if not args.folders:
+        raise DatasetError("give at least one folder of photos of people who are not enrolled, or --reset")
     if not 0.0 < args.fpir < 1.0:
         raise DatasetError(f"--fpir must be between 0 and 1, got {args.fpir}; 0.01 means 1% of strangers matched")
     require_gallery(settings)
@@ -94,6 +103,27 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
         *_unused_lines(unused),
     ]
     return CommandResult("\n".join(lines), _json(calibration, skipped, unused))
+
+
+async def _reset(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    """Delete the current model's calibration and report the thresholds now in use."""
+    if args.folders:
+        raise DatasetError("--reset takes no folders; run `maskid calibrate DIR...` on its own afterwards")
+    require_gallery(settings)
+    async with FaceService.from_settings(settings) as service:
+        removed = await service.reset_calibration()
+        thresholds = service.thresholds
+        model_id = service.model_id
+
+    done = "removed the stored calibration" if removed else "no calibration was stored"
+    lines = [
+        f"model     {model_id}",
+        f"reset     {done}",
+        f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
+        f"masked {thresholds.masked:.4f} ({thresholds.masked_source})",
+    ]
+    data = {"model_id": model_id, "removed": removed, "unmasked": thresholds.unmasked, "masked": thresholds.masked}
+    return CommandResult("\n".join(lines), data)
 
 
 async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list[Path], int]:

@@ -176,6 +176,14 @@ async def save_calibration(store: GalleryStore, calibration: Calibration) -> Non
     logger.info("stored calibration of %s: %s", calibration.model_id, calibration.to_json())
 
 
+async def clear_calibration(store: GalleryStore, model_id: str) -> bool:
+    """Delete the stored calibration of ``model_id``, and return False when there was none."""
+    removed = await store.delete_setting(settings_key(model_id))
+    if removed:
+        logger.info("removed the calibration of %s", model_id)
+    return removed
+
+
 def resolve_thresholds(
     unmasked_setting: float | None,
     masked_setting: float | None,

@@ -22,6 +22,7 @@ from core.calibration import (
     Calibration,
     Thresholds,
     calibrate,
+    clear_calibration,
     load_calibration,
     resolve_thresholds,
     save_calibration,
@@ -380,6 +381,15 @@ class FaceService:
         await save_calibration(self.store, calibration)
         self.thresholds = self._resolve_thresholds(await load_calibration(self.store, self.model_id))
         return calibration
+
+    async def reset_calibration(self) -> bool:
+        """Delete this model's stored calibration and go back to the settings' or built-in thresholds.
+
+        Returns False when no calibration was stored.
+        """
+        removed = await clear_calibration(self.store, self.model_id)
+        self.thresholds = self._resolve_thresholds(None)
+        return removed
 
     def _resolve_thresholds(self, calibration: Calibration | None) -> Thresholds:
         return resolve_thresholds(

@@ -695,6 +695,34 @@ def test_calibrate_stores_thresholds_that_identify_uses(
     assert sorted(Path(path).name for path in as_json["left_out"]) == ["grey.png", "notes.jpg"]
 
 
+@pytest.mark.datasets
+def test_calibrate_reset_restores_defaults(
+    maskid_in_process: MaskidRunner, gallery_db: Path, datasets_dir: Path, tmp_path: Path
+) -> None:
+    strangers = tmp_path / "strangers"
+    link_lfw_tree(strangers, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
+    assert maskid_in_process("calibrate", "--fpir", "0.2", strangers).exit_code == 0
+
+    reset = maskid_in_process("calibrate", "--reset")
+    again = maskid_in_process("calibrate", "--reset", "--json").json()
+    identified = maskid_in_process("identify", "--json", lfw_photo(datasets_dir, *STRANGER)).json()
+
+    assert reset.exit_code == 0, reset.stderr
+    assert "reset     removed the stored calibration" in reset.stdout
+    assert re.search(
+        r"^in use    unmasked 0\.5600 \(default\), masked 0\.\d{4} \(default\)$", reset.stdout, re.MULTILINE
+    )
+    assert again["removed"] is False
+    assert identified[0]["faces"][0]["threshold"] == pytest.approx(0.56)
+
+
+def test_calibrate_needs_folders_or_reset(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
+    run = maskid_in_process("calibrate")
+
+    assert run.exit_code == 1
+    assert "give at least one folder" in run.stderr
+
+
 def test_calibrate_rejects_fpir_outside_zero_one(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
     run = maskid_in_process("calibrate", "--fpir", "1.5", tmp_path)
 
