@@ -17,7 +17,7 @@ from typing import Any
 from core.backbones import FaceNetCasia
 from core.errors import DatasetError, InvalidImageError, NoFaceError, StorageError
 from core.evaluation.lfw import evaluate_pairs, read_pairs
-from core.gallery_build import build_gallery, person_name_from_folder
+from core.gallery_build import NOT_IN_PERSON_FOLDER, build_gallery, person_name_from_folder
 from core.images import DecodedImage, load_image
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.pipeline import FacePipeline
@@ -90,23 +90,32 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
         summary = await build_gallery(service, args.directory, show_progress=not args.json)
 
     lines = [
-        f"gallery {settings.db_path}: {len(summary.people)} people from {args.directory}",
-        f"  enrolled now:    {summary.enrolled} photos",
-        f"  already present: {summary.already_known} photos",
-        f"  no face found:   {summary.no_face} photos",
-        f"  skipped:         {len(summary.skipped)} files",
+        f"gallery {settings.db_path}: {counted(len(summary.people), 'person', 'people')} from {args.directory}",
+        f"  enrolled now:    {counted(summary.enrolled, 'photo')}",
+        f"  already present: {counted(summary.already_known, 'photo')}",
+        f"  no face found:   {counted(summary.no_face, 'photo')}",
+        *(f"    {path}" for path in summary.no_face_paths),
+        f"  skipped:         {counted(len(summary.skipped), 'file')}",
+        *(f"    {path}: {reason.removeprefix(f'{str(path)!r}: ')}" for path, reason in summary.skipped),
     ]
-    lines += [f"    {reason}" if str(path) in reason else f"    {path}: {reason}" for path, reason in summary.skipped]
+    nothing_usable = summary.enrolled + summary.already_known == 0
+    if nothing_usable and summary.skipped and all(reason == NOT_IN_PERSON_FOLDER for _, reason in summary.skipped):
+        lines.append(f"{args.directory} holds photos directly; pass the folder above it, whose subfolders are people")
     data = {
         "database": str(settings.db_path),
         "people": len(summary.people),
         "enrolled": summary.enrolled,
         "already_known": summary.already_known,
         "no_face": summary.no_face,
+        "no_face_paths": [str(path) for path in summary.no_face_paths],
         "skipped": [{"path": str(path), "reason": reason} for path, reason in summary.skipped],
     }
-    nothing_usable = summary.enrolled + summary.already_known == 0
     return CommandResult("\n".join(lines), data, exit_code=1 if nothing_usable else 0)
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """Return ``count`` with the noun in the right number, such as ``1 photo`` or ``2 photos``."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 async def _source_of_existing_person(service: FaceService, name: str) -> str:

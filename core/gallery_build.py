@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 BATCH_SIZE = 16  # photos decoded and analysed per model call
+NOT_IN_PERSON_FOLDER = "not inside a person folder; expected ROOT/<person>/<image>"
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,14 @@ class DatasetImage:
 
 @dataclass
 class BuildSummary:
-    """Counts of what a build did, plus each skipped file with its reason."""
+    """Counts of what a build did, plus each skipped file with its reason and each photo without a face."""
 
     people: set[str] = field(default_factory=set)
     enrolled: int = 0
     already_known: int = 0
     no_face: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    no_face_paths: list[Path] = field(default_factory=list)
 
     @property
     def images_seen(self) -> int:
@@ -137,7 +139,7 @@ def _person_folder_problem(entry: os.DirEntry[str], real_root: Path) -> str | No
     if not is_folder:
         if entry.is_symlink():
             return "broken symbolic link: its target does not exist"
-        return "not inside a person folder; expected ROOT/<person>/<image>"
+        return NOT_IN_PERSON_FOLDER
 
     if not _is_utf8(entry.name):
         return "folder name is not valid UTF-8, so it cannot be shown as a person's name; rename the folder"
@@ -279,6 +281,7 @@ async def _build_batch(
         digest = hashlib.sha256(data).hexdigest()
         if digest in without_face:
             summary.no_face += 1
+            summary.no_face_paths.append(printable_path(item.path))
             continue
         if digest in enrolled:
             summary.already_known += 1
@@ -322,6 +325,7 @@ async def _store_result(
         record = ImageRecord(sha256=image.sha256, path=item.label, width=image.width, height=image.height)
         await service.store.record_no_face(model_id=service.model_id, image=record, faces_found=0)
         summary.no_face += 1
+        summary.no_face_paths.append(printable_path(item.path))
         logger.debug("no face in %s", item.path)
         return
     summary.enrolled += 1

@@ -261,6 +261,7 @@ def test_gallery_build_then_rerun(maskid: MaskidRunner, tmp_path: Path, db_path:
         "enrolled": 0,
         "already_known": 9,
         "no_face": 0,
+        "no_face_paths": [],
         "skipped": [],
     }
     assert count_rows(db_path, "templates") == 9 * TEMPLATES_PER_PHOTO
@@ -317,7 +318,21 @@ def test_gallery_build_nothing_enrollable_fails(
     assert run.exit_code != 0
     assert run.json()["enrolled"] == 0
     assert run.json()["no_face"] == 1
+    assert run.json()["no_face_paths"] == [str(root / "Grey_Wall" / "wall.png")]
     assert len(run.json()["skipped"]) == 2
+
+
+def test_gallery_build_photo_folder_hints_parent(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
+    person = tmp_path / "Grey_Wall"
+    write_grey_png(person / "one.png")
+    write_grey_png(person / "two.png")
+
+    run = maskid_in_process("gallery", "build", person)
+
+    assert run.exit_code == 1
+    assert f"0 people from {person}" in run.stdout
+    assert "skipped:         2 files" in run.stdout
+    assert f"{person} holds photos directly; pass the folder above it" in run.stdout
 
 
 def test_gallery_build_rerun_nothing_enrollable_fails(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
