@@ -136,13 +136,18 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
     # Names follow the gallery build's rule, so `enroll Colin_Powell` adds to the person that
     # `gallery build` created from the folder Colin_Powell.
     name = person_name_from_folder(args.name)
-    images = load_images(args.images, settings)
     service = FaceService.from_settings(settings)
-    # Analyse every photo before the gallery is opened, so a photo without a face stores nothing.
-    analysed = [service.pipeline.analyze(image) for image in images]
-    for image, faces in zip(images, analysed, strict=True):
-        if not faces:
-            raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
+    try:
+        images = load_images(args.images, settings)
+        # Analyse every photo before the gallery is opened, so a photo without a face stores nothing.
+        analysed = [service.pipeline.analyze(image) for image in images]
+        for image, faces in zip(images, analysed, strict=True):
+            if not faces:
+                raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
+    except (InvalidImageError, NoFaceError) as exc:
+        if len(args.images) == 1:
+            raise
+        raise type(exc)(f"{exc}. None of the {len(args.images)} photos was stored") from exc
     async with service:
         source = await _source_of_existing_person(service, name)
         results = [
@@ -206,7 +211,7 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
 
 def describe(identification: Identification) -> str:
     """Format one face as a line: the name and similarity, or unknown with the best score, then the runners-up."""
-    box = ", ".join(f"{value:.0f}" for value in identification.face.box)
+    box = ", ".join(str(round(value)) for value in identification.face.box)
     if identification.match is not None:
         head = f"{identification.match.person.name} (similarity {identification.match.score:.3f})"
     elif identification.candidates:
@@ -259,7 +264,7 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
     lines = [f"{verdict}: similarity {verification.score:.3f} (threshold {verification.threshold:.3f}{kind})"]
     for image, box, count in zip((first, second), verification.boxes, verification.faces_found, strict=True):
         if count > 1:
-            compared = ", ".join(f"{value:.0f}" for value in box)
+            compared = ", ".join(str(round(value)) for value in box)
             lines.append(f"  {image.source}: compared the main face of {count}, box=({compared})")
     data = {
         "same": verification.same,

@@ -517,6 +517,7 @@ def test_enroll_good_and_bad_stores_nothing(
 
     assert_one_line_error(run)
     assert bad_photo.name in run.stderr
+    assert "None of the 2 photos was stored" in run.stderr
     assert database_digest(gallery_db) == before
 
 
