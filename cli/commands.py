@@ -90,12 +90,12 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
         summary = await build_gallery(service, args.directory, show_progress=not args.json)
 
     lines = [
-        f"gallery {settings.db_path}: {counted(len(summary.people), 'person', 'people')} from {args.directory}",
-        f"  enrolled now:    {counted(summary.enrolled, 'photo')}",
-        f"  already present: {counted(summary.already_known, 'photo')}",
-        f"  no face found:   {counted(summary.no_face, 'photo')}",
+        f"gallery {settings.db_path}: {plural(len(summary.people), 'person', 'people')} from {args.directory}",
+        f"  enrolled now:    {plural(summary.enrolled, 'photo')}",
+        f"  already present: {plural(summary.already_known, 'photo')}",
+        f"  no face found:   {plural(summary.no_face, 'photo')}",
         *(f"    {path}" for path in summary.no_face_paths),
-        f"  skipped:         {counted(len(summary.skipped), 'file')}",
+        f"  skipped:         {plural(len(summary.skipped), 'file')}",
         *(f"    {path}: {reason.removeprefix(f'{str(path)!r}: ')}" for path, reason in summary.skipped),
     ]
     nothing_usable = summary.enrolled + summary.already_known == 0
@@ -111,11 +111,6 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
         "skipped": [{"path": str(path), "reason": reason} for path, reason in summary.skipped],
     }
     return CommandResult("\n".join(lines), data, exit_code=1 if nothing_usable else 0)
-
-
-def counted(count: int, singular: str, plural: str | None = None) -> str:
-    """Return ``count`` with the noun in the right number, such as ``1 photo`` or ``2 photos``."""
-    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 async def _source_of_existing_person(service: FaceService, name: str) -> str:
