@@ -274,7 +274,10 @@ async def verify(args: argparse.Namespace, settings: Settings) -> CommandResult:
 
 async def people(args: argparse.Namespace, settings: Settings) -> CommandResult:
     require_gallery(settings)
-    async with FaceService.from_settings(settings) as service:
+    service = FaceService.from_settings(settings)
+    # The listing ends with its own line about people of other models.
+    service.check_other_models = False
+    async with service:
         summaries = await service.store.list_people(model_id=service.model_id)
         everyone = await service.store.list_people()
     lines = [

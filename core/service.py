@@ -206,8 +206,8 @@ class FaceService:
             return
         if len(self.index) == 0:
             logger.warning(
-                "gallery %s has templates of %s but none of %s, so nobody can be found; "
-                "run `maskid gallery reembed` with this model, or set MASKID_MODEL to the gallery's model",
+                "gallery %s has templates of %s but none of %s, so nobody can be found; embed its photos for "
+                "this model with `maskid gallery reembed`, or use the gallery's model (--model or MASKID_MODEL)",
                 self.settings.db_path,
                 ", ".join(others),
                 self.model_id,
