@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     identify = subcommands.add_parser("identify", help="name every face in photos")
     identify.add_argument(
-        "images", type=Path, nargs="+", metavar="IMAGE", help="photos to identify (JPEG, PNG, WebP, BMP, GIF, TIFF)"
+        "images",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        help="photos to identify (JPEG, MPO, PNG, WebP, BMP, GIF, TIFF)",
     )
     identify.add_argument(
         "--top", type=positive_int, default=3, metavar="K", help="candidates shown per face (default: 3)"
