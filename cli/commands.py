@@ -127,6 +127,12 @@ async def _source_of_existing_person(service: FaceService, name: str) -> str:
     return "cli"
 
 
+async def _other_owners(service: FaceService, image: DecodedImage, name: str) -> list[str]:
+    """Return the names of other people who already have this exact photo, which is likely a mistake."""
+    people = await service.store.people_with_image(service.model_id, image.sha256)
+    return sorted({person.name for person in people if person.name != name})
+
+
 async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
     # Names follow the gallery build's rule, so `enroll Colin_Powell` adds to the person that
     # `gallery build` created from the folder Colin_Powell.
@@ -145,23 +151,27 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
         raise type(exc)(f"{exc}. None of the {len(args.images)} photos was stored") from exc
     async with service:
         source = await _source_of_existing_person(service, name)
+        owners = [await _other_owners(service, image, name) for image in images]
         results = [
             await service.enroll(name, image, source=source, faces=faces)
             for image, faces in zip(images, analysed, strict=True)
         ]
 
     lines = []
-    for image, result in zip(images, results, strict=True):
+    for image, result, others in zip(images, results, owners, strict=True):
         note = f" (main face of {result.faces_in_image})" if result.faces_in_image > 1 else ""
         if result.already_enrolled:
             lines.append(f"{image.source}: already enrolled as {result.person_name!r}; nothing stored")
         else:
             lines.append(f"{image.source}: enrolled as {result.person_name!r}{note}")
+        if others:
+            names = ", ".join(repr(other) for other in others)
+            lines.append(f"  note: the same photo is also enrolled as {names}")
     data = [
         {"image": image.source, "person": result.person_name, "person_id": result.person_id,
          "faces_in_image": result.faces_in_image, "template_ids": list(result.template_ids),
-         "already_enrolled": result.already_enrolled}
-        for image, result in zip(images, results, strict=True)
+         "already_enrolled": result.already_enrolled, "also_enrolled_as": others}
+        for image, result, others in zip(images, results, owners, strict=True)
     ]  # fmt: skip
     return CommandResult("\n".join(lines), data)
 

@@ -478,6 +478,21 @@ def test_bad_input_rejected(
 
 
 @pytest.mark.datasets
+@pytest.mark.datasets
+def test_enroll_notes_photo_of_another_person(
+    maskid_in_process: MaskidRunner, gallery_db: Path, datasets_dir: Path
+) -> None:
+    photo = lfw_photo(datasets_dir, "Albert_Costa", 1)
+    assert maskid_in_process("enroll", "Albert Costa", photo).exit_code == 0
+
+    run = maskid_in_process("enroll", "albert costa", photo)
+    as_json = maskid_in_process("enroll", "--json", "Someone Else", photo).json()
+
+    assert run.exit_code == 0, run.stderr
+    assert "  note: the same photo is also enrolled as 'Albert Costa'" in run.stdout
+    assert as_json[0]["also_enrolled_as"] == ["Albert Costa", "albert costa"]
+
+
 def test_enroll_bad_input_creates_no_database(
     maskid: MaskidRunner, db_path: Path, tmp_path: Path, datasets_dir: Path
 ) -> None:

@@ -172,6 +172,17 @@ async def test_enroll_same_image_twice_writes_once(store: SqliteGalleryStore, db
     assert row_counts(db_path)["templates"] == 4
 
 
+async def test_people_with_image_lists_owners(store: SqliteGalleryStore) -> None:
+    alice = await enroll(store, "Alice", 1)
+    bob = await enroll(store, "Bob", 1)
+    await enroll(store, "Carol", 2)
+
+    owners = await store.people_with_image(MODEL, image(1).sha256)
+
+    assert [person.id for person in owners] == [alice.person_id, bob.person_id]
+    assert await store.people_with_image("other-model", image(1).sha256) == []
+
+
 async def test_enroll_separates_people_by_source_and_owner(store: SqliteGalleryStore) -> None:
     cli = await enroll(store, "Alice", 1)
     owned = await enroll(store, "Alice", 2, owner_id=42)

@@ -117,6 +117,10 @@ class GalleryStore(Protocol):
         """
         ...
 
+    async def people_with_image(self, model_id: str, sha256: str) -> list[Person]:
+        """Return the people with an enrolled image of ``sha256`` under ``model_id``, in id order."""
+        ...
+
     async def people_by_ids(self, ids: Iterable[int]) -> dict[int, Person]:
         """Return a mapping from id to person for each id in ``ids`` that exists. Unknown ids are left out."""
         ...

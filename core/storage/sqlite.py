@@ -316,6 +316,20 @@ class SqliteGalleryStore:
 
         return await self._read(read, action=f"find people named {name!r}")
 
+    async def people_with_image(self, model_id: str, sha256: str) -> list[Person]:
+        """Return the people with an enrolled image of ``sha256`` under ``model_id``, in id order."""
+        validate_model_id(model_id)
+        sql = (
+            f"SELECT DISTINCT {_PERSON_COLUMNS} FROM images JOIN people ON people.id = images.person_id "
+            "WHERE images.model_id = ? AND images.sha256 = ? AND images.status = 'enrolled' ORDER BY people.id"
+        )
+
+        async def read(connection: aiosqlite.Connection) -> list[Person]:
+            rows = await connection.execute_fetchall(sql, (model_id, sha256))
+            return [_person_from_row(row) for row in rows]
+
+        return await self._read(read, action=f"find the people of image {sha256}")
+
     async def people_by_ids(self, ids: Iterable[int]) -> dict[int, Person]:
         """Return a mapping from id to person for the ids that exist."""
         unique_ids = sorted({int(person_id) for person_id in ids})
