@@ -25,6 +25,9 @@ from core.settings import Settings
 logger = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "embeddings.sqlite3"
+# Faces of one kind below which a calibrated threshold gets a warning: with fewer, one
+# stranger more or less moves it a lot, whatever FPIR was asked for.
+STEADY_PROBES = 100
 # Photos without a usable face that the text output names; --json lists them all.
 LISTED_PHOTOS = 10
 
@@ -146,7 +149,10 @@ async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list
 def _kind_line(kind: str, threshold: float | None, probes: int, achieved: float | None) -> str:
     if threshold is None:
         return f"{kind:<9} {probes} faces, too few for this FPIR: threshold not changed"
-    return f"{kind:<9} {probes} faces, threshold {threshold:.4f} (FPIR on them {achieved:.4f})"
+    line = f"{kind:<9} {probes} faces, threshold {threshold:.4f} (FPIR on them {achieved:.4f})"
+    if probes < STEADY_PROBES:
+        line += f"; from under {STEADY_PROBES} faces it is noisy, so add strangers or undo it with --reset"
+    return line
 
 
 def _unused_reason(photo: AnalysedPhoto) -> str:
