@@ -698,12 +698,17 @@ def test_identify_bad_file_keeps_other_results(
 # calibrate.
 
 
+def stranger_photos(root: Path, datasets_dir: Path) -> Path:
+    """Link two photos each of three people who are not in the test gallery into ``root``."""
+    link_lfw_tree(root, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
+    return root
+
+
 @pytest.mark.datasets
 def test_calibrate_stores_thresholds_that_identify_uses(
     maskid_in_process: MaskidRunner, gallery_db: Path, datasets_dir: Path, tmp_path: Path
 ) -> None:
-    strangers = tmp_path / "strangers"
-    link_lfw_tree(strangers, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
+    strangers = stranger_photos(tmp_path / "strangers", datasets_dir)
     # A folder named like an enrolled person is skipped: it would not show a stranger.
     link_lfw_tree(strangers, datasets_dir, ("Alan_Greenspan",), (5,))
     # Photos without a usable face are named in the output, not silently dropped.
@@ -734,8 +739,7 @@ def test_calibrate_stores_thresholds_that_identify_uses(
 def test_calibrate_reset_restores_defaults(
     maskid_in_process: MaskidRunner, gallery_db: Path, datasets_dir: Path, tmp_path: Path
 ) -> None:
-    strangers = tmp_path / "strangers"
-    link_lfw_tree(strangers, datasets_dir, ("Adrien_Brody", "Amelie_Mauresmo", "Ari_Fleischer"), (1, 2))
+    strangers = stranger_photos(tmp_path / "strangers", datasets_dir)
     assert maskid_in_process("calibrate", "--fpir", "0.2", strangers).exit_code == 0
 
     reset = maskid_in_process("calibrate", "--reset")
