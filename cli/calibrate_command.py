@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cli.commands import CommandResult, require_gallery
-from core.calibration import DEFAULT_TARGET_FPIR, Calibration, minimum_probes
+from cli.commands import CommandResult, reason_without_path, require_gallery
+from core.calibration import DEFAULT_TARGET_FPIR, Calibration, Thresholds, minimum_probes
 from core.errors import DatasetError
 from core.evaluation.identification import AnalysedPhoto, EmbeddingCache, analyse_photos, list_images, name_key
 from core.service import FaceService
@@ -101,8 +101,7 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
         f"photos    {len(paths)} used, {len(faces)} with a face, {skipped} skipped as enrolled people",
         _kind_line("unmasked", calibration.unmasked, calibration.unmasked_probes, calibration.achieved_unmasked_fpir),
         _kind_line("masked", calibration.masked, calibration.masked_probes, calibration.achieved_masked_fpir),
-        f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
-        f"masked {thresholds.masked:.4f} ({thresholds.masked_source})",
+        _thresholds_line(thresholds),
         *_unused_lines(unused),
     ]
     return CommandResult("\n".join(lines), _json(calibration, skipped, unused))
@@ -122,8 +121,7 @@ async def _reset(args: argparse.Namespace, settings: Settings) -> CommandResult:
     lines = [
         f"model     {model_id}",
         f"reset     {done}",
-        f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
-        f"masked {thresholds.masked:.4f} ({thresholds.masked_source})",
+        _thresholds_line(thresholds),
     ]
     data = {"model_id": model_id, "removed": removed, "unmasked": thresholds.unmasked, "masked": thresholds.masked}
     return CommandResult("\n".join(lines), data)
@@ -146,6 +144,13 @@ async def _strangers_only(service: FaceService, paths: list[Path]) -> tuple[list
     return strangers, skipped
 
 
+def _thresholds_line(thresholds: Thresholds) -> str:
+    return (
+        f"in use    unmasked {thresholds.unmasked:.4f} ({thresholds.unmasked_source}), "
+        f"masked {thresholds.masked:.4f} ({thresholds.masked_source})"
+    )
+
+
 def _kind_line(kind: str, threshold: float | None, probes: int, achieved: float | None) -> str:
     if threshold is None:
         return f"{kind:<9} {probes} faces, too few for this FPIR: threshold not changed"
@@ -159,7 +164,7 @@ def _unused_reason(photo: AnalysedPhoto) -> str:
     """Return why a photo gave no face, without the file name that read errors start with."""
     if photo.error is None:
         return "no face found"
-    return photo.error.removeprefix(f"{str(photo.path)!r}: ")
+    return reason_without_path(photo.error, photo.path)
 
 
 def _unused_lines(unused: dict[str, str]) -> list[str]:

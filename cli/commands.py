@@ -21,7 +21,7 @@ from core.gallery_build import NOT_IN_PERSON_FOLDER, build_gallery, person_name_
 from core.images import DecodedImage, load_image
 from core.mask_detection import MaskClassifier, shipped_classifier
 from core.pipeline import FacePipeline
-from core.service import FaceService, Identification, verify_images
+from core.service import FaceService, Identification, no_face_message, verify_images
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ async def gallery_build(args: argparse.Namespace, settings: Settings) -> Command
         f"  no face found:   {plural(summary.no_face, 'photo')}",
         *(f"    {path}" for path in summary.no_face_paths),
         f"  skipped:         {plural(len(summary.skipped), 'file')}",
-        *(f"    {path}: {reason.removeprefix(f'{str(path)!r}: ')}" for path, reason in summary.skipped),
+        *(f"    {path}: {reason_without_path(reason, path)}" for path, reason in summary.skipped),
     ]
     nothing_usable = summary.enrolled + summary.already_known == 0
     if nothing_usable and summary.skipped and all(reason == NOT_IN_PERSON_FOLDER for _, reason in summary.skipped):
@@ -144,7 +144,7 @@ async def enroll(args: argparse.Namespace, settings: Settings) -> CommandResult:
         analysed = [service.pipeline.analyze(image) for image in images]
         for image, faces in zip(images, analysed, strict=True):
             if not faces:
-                raise NoFaceError(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
+                raise NoFaceError(no_face_message(image))
     except (InvalidImageError, NoFaceError) as exc:
         if len(args.images) == 1:
             raise
@@ -201,12 +201,17 @@ async def identify(args: argparse.Namespace, settings: Settings) -> CommandResul
     lines = []
     for image, identifications in zip(images, results, strict=True):
         if not identifications:
-            errors.append(f"{image.source!r}: no face found; use a sharper, frontal, well-lit photo")
+            errors.append(no_face_message(image))
         for number, identification in enumerate(identifications, start=1):
             lines.append(f"{image.source} face {number}: {describe(identification)}")
         data.append({"image": image.source, "faces": [identification_json(item) for item in identifications]})
     # A photo without a face fails the command, but the other photos' results are still printed.
     return CommandResult("\n".join(lines), data, exit_code=1 if errors else 0, errors=tuple(errors))
+
+
+def reason_without_path(reason: str, path: Path | str) -> str:
+    """Return ``reason`` without the quoted path that read errors start with, for a line that shows the path."""
+    return reason.removeprefix(f"{str(path)!r}: ")
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:

@@ -100,6 +100,11 @@ class Verification:
     masked: bool = False
 
 
+def no_face_message(image: DecodedImage) -> str:
+    """Return the error for a photo in which no face was found."""
+    return f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo"
+
+
 @dataclass(frozen=True)
 class EnrollResult:
     """One enrolled photo: who it was added to and how many faces the photo had.
@@ -273,7 +278,7 @@ class FaceService:
             faces = await self.analyze(image)
         face = main_face(faces, image.width, image.height)
         if face is None:
-            raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
+            raise NoFaceError(no_face_message(image))
         if len(faces) > 1:
             logger.info("%s has %d faces; enrolling the main one for %r", image.source, len(faces), name)
 
@@ -473,7 +478,7 @@ def verify_images(
     for image, found in zip((first, second), pipeline.analyze_batch([first, second]), strict=True):
         face = main_face(found, image.width, image.height)
         if face is None:
-            raise NoFaceError(f"{image.source or 'image'!r}: no face found; use a sharper, frontal, well-lit photo")
+            raise NoFaceError(no_face_message(image))
         faces.append(face)
         counts.append(len(found))
 
