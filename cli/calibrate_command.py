@@ -28,7 +28,7 @@ CACHE_FILE_NAME = "embeddings.sqlite3"
 # Faces of one kind below which a calibrated threshold gets a warning: with fewer, one
 # stranger more or less moves it a lot, whatever FPIR was asked for.
 STEADY_PROBES = 100
-# Photos without a usable face that the text output names; --json lists them all.
+# Files without a usable face that the text output names. --json lists them all.
 LISTED_PHOTOS = 10
 
 
@@ -65,7 +65,7 @@ async def calibrate(args: argparse.Namespace, settings: Settings) -> CommandResu
     if args.reset:
         return await _reset(args, settings)
     if not args.folders:
-        raise DatasetError("give at least one folder of photos of people who are not enrolled, or --reset")
+        raise DatasetError("missing DIR: pass at least one folder of photos of people who are not enrolled, or --reset")
     if not 0.0 < args.fpir < 1.0:
         raise DatasetError(f"--fpir must be between 0 and 1, got {args.fpir}; 0.01 means 1% of strangers matched")
     require_gallery(settings)
@@ -168,7 +168,7 @@ def _unused_reason(photo: AnalysedPhoto) -> str:
 
 
 def _unused_lines(unused: dict[str, str]) -> list[str]:
-    """Name the photos that gave no face, so that a wrong folder or broken files show up."""
+    """Return lines that name each file without a usable face and why, so that broken files show up."""
     if not unused:
         return []
     lines = [f"left out  {len(unused)} files with no usable face:"]

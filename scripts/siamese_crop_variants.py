@@ -10,9 +10,9 @@ the real masked photos of the rof protocol:
 - ``tight``: add a tight, small copy of every crop as a photo of its own. The copy
   is the image cut to the detection box, each side moved by -15% to +10% of the
   box, and shrunk so that the box is 70 to 130 px wide, like the rof photos.
-- ``upper``: paint every crop grey from row 88 of 160 down (between the eyes at row
-  65 and the nose tip at row 91 of the alignment template), so that the head sees
-  the upper face only, where real and synthetic masks look alike. Score it with
+- ``upper``: paint every crop grey from row 88 of 160 down, between the eyes at row
+  65 and the nose tip at row 91 of the alignment template. The head then gets the
+  upper face only, where real and synthetic masks look alike. Score it with
   ``scripts/siamese_rof.py --fill-below 88``.
 
 Everything else follows ``maskid train siamese --loss triplet`` with its defaults

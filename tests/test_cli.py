@@ -759,7 +759,7 @@ def test_calibrate_needs_folders_or_reset(maskid_in_process: MaskidRunner, tmp_p
     run = maskid_in_process("calibrate")
 
     assert run.exit_code == 1
-    assert "give at least one folder" in run.stderr
+    assert "missing DIR: pass at least one folder" in run.stderr
 
 
 def test_calibrate_rejects_fpir_outside_zero_one(maskid_in_process: MaskidRunner, tmp_path: Path) -> None:
