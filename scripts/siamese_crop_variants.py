@@ -1,7 +1,8 @@
 """Train a twin-network head on changed training crops, to score with ``scripts/siamese_rof.py``.
 
 The shipped head trains on each LFW photo's aligned crop and three synthetic-mask
-crops, aligned with the landmarks found on the unmasked photo. Two changes aim at
+crops, aligned with the landmarks found on the unmasked photo (``plain``: those crops
+unchanged, to measure the spread over training seeds). The other variants aim at
 the real masked photos of the rof protocol:
 
 - ``redetect``: align each synthetic-mask crop with the landmarks MTCNN finds on the
@@ -14,15 +15,20 @@ the real masked photos of the rof protocol:
   65 and the nose tip at row 91 of the alignment template. The head then gets the
   upper face only, where real and synthetic masks look alike. Score it with
   ``scripts/siamese_rof.py --fill-below 88``.
+- ``mirror``: add the mirror image of every crop as a photo of its own. The service
+  averages each face's descriptor with its mirror image's, so the head meets both.
 
 Everything else follows ``maskid train siamese --loss triplet`` with its defaults
-(people, split, seed, training settings), and the trunk outputs share its cache.
-The head is saved like that command's output.
+(people, split, seed 0, training settings), and the trunk outputs share its cache.
+The head is saved like that command's output. With several ``--seeds``, one head
+is trained per seed of batch sampling and variant choice, on the same people split,
+and ``OUT`` gets the suffix ``-sSEED``.
 
 Usage::
 
     .venv/bin/python scripts/siamese_crop_variants.py tight /tmp/tight.pt
     .venv/bin/python scripts/siamese_rof.py /tmp/tight.pt --datasets ../shared/datasets
+    .venv/bin/python scripts/siamese_crop_variants.py plain /tmp/plain.pt --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("redetect", "tight", "upper")
+VARIANTS = ("plain", "redetect", "tight", "upper", "mirror")
 UPPER_FACE_ROWS = 88
 GREY = 128
 # Sides of the tight copy, as fractions of the detection box, and its box width in pixels.
@@ -127,7 +133,8 @@ def photo_crops(
 ) -> list[tuple[str, int, int | None, np.ndarray]]:
     """Return ``(photo key, variant number, mask seed, crop)`` for each training crop of one photo.
 
-    The tight copies get the photo key ``PATH#tight``, so that they count as a photo of their own.
+    The tight copies get the photo key ``PATH#tight`` and the mirror images ``PATH#mirror``, so that they
+    count as photos of their own.
     """
     image = load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     seed = masked_variants_seed(image.sha256)
@@ -135,6 +142,11 @@ def photo_crops(
     crops: list[tuple[str, int, int | None, np.ndarray]] = [
         (str(path), 0, None, align_face(image.pixels, face, pipeline.alignment))
     ]
+    if variant == "plain":
+        for number, pixels in enumerate(masked, start=1):
+            crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
+        return crops
+
     if variant == "redetect":
         for number, pixels in enumerate(masked, start=1):
             found = redetected(pipeline.detector, pixels, face)
@@ -146,9 +158,13 @@ def photo_crops(
             crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
         return [(key, number, mask_seed, upper_face(crop)) for key, number, mask_seed, crop in crops]
 
-    rng = np.random.default_rng(seed)
     for number, pixels in enumerate(masked, start=1):
         crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
+    if variant == "mirror":
+        mirrored = [(f"{path}#mirror", number, mask_seed, crop[:, ::-1]) for _, number, mask_seed, crop in crops]
+        return crops + mirrored
+
+    rng = np.random.default_rng(seed)
     for number, pixels in enumerate([image.pixels, *masked]):
         small, moved = tight_copy(pixels, face, rng)
         crop = align_face(small, moved, pipeline.alignment)
@@ -163,6 +179,11 @@ def run_pending(runner: TrunkRunner, trunk_cache: TrunkCache, pending: dict[str,
         pending.clear()
 
 
+def seeded_path(out: Path, seed: int, seeds: list[int]) -> Path:
+    """Return ``out`` for a single seed, or ``out`` with the suffix ``-sSEED`` when there are several."""
+    return out if len(seeds) == 1 else out.with_name(f"{out.stem}-s{seed}{out.suffix}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=VARIANTS)
@@ -174,6 +195,7 @@ def main() -> None:
         default=DEFAULT_MASKS_PER_PHOTO,
         help=f"synthetic-mask variants per photo (default: {DEFAULT_MASKS_PER_PHOTO})",
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one head each (default: 0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -209,22 +231,25 @@ def main() -> None:
 
     features = assemble_feature_set(records, trunk_cache)
     train, validation = subset(features, training_people), subset(features, validation_people)
-    config = TrainingConfig(loss="triplet")
-    result = train_head(SiameseHead.from_base(load_facenet(settings), DEFAULT_TRUNK_LAYER), train, validation, config)
-    info = SiameseModelInfo(
-        base_model_id=runner.model_id,
-        layer=DEFAULT_TRUNK_LAYER,
-        loss=config.loss,
-        seed=config.seed,
-        dataset=f"{dataset} ({args.variant} crops)",
-        training_people=len(train.people),
-        validation_people=len(validation.people),
-        masks_per_photo=args.masks,
-        best_epoch=result.best_epoch,
-        validation={"base_masked_rank1": result.base.masked_rank1, "masked_rank1": result.best.masked_rank1},
-    )
-    model_id = save_head(args.out, result.head, info)
-    print(f"{model_id}: epoch {result.best_epoch}, validation masked rank-1 {result.best.masked_rank1:.3f}")
+    base = load_facenet(settings)
+    for training_seed in args.seeds:
+        config = TrainingConfig(loss="triplet", seed=training_seed)
+        result = train_head(SiameseHead.from_base(base, DEFAULT_TRUNK_LAYER), train, validation, config)
+        info = SiameseModelInfo(
+            base_model_id=runner.model_id,
+            layer=DEFAULT_TRUNK_LAYER,
+            loss=config.loss,
+            seed=config.seed,
+            dataset=f"{dataset} ({args.variant} crops)",
+            training_people=len(train.people),
+            validation_people=len(validation.people),
+            masks_per_photo=args.masks,
+            best_epoch=result.best_epoch,
+            validation={"base_masked_rank1": result.base.masked_rank1, "masked_rank1": result.best.masked_rank1},
+        )
+        out = seeded_path(args.out, training_seed, args.seeds)
+        model_id = save_head(out, result.head, info)
+        print(f"{out}: {model_id}, epoch {result.best_epoch}, validation masked rank-1 {result.best.masked_rank1:.3f}")
 
 
 if __name__ == "__main__":

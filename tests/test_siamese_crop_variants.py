@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from types import ModuleType
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 from script_modules import load_script
 
+from core.alignment import AlignmentConfig
 from core.detection import DetectedFace
 
 
@@ -63,3 +66,29 @@ def test_upper_face_paints_lower_rows(variants: ModuleType) -> None:
     assert (painted[variants.UPPER_FACE_ROWS :] == variants.GREY).all()
     assert np.array_equal(painted[: variants.UPPER_FACE_ROWS], crop[: variants.UPPER_FACE_ROWS])
     assert np.array_equal(crop, gradient_image(160, 160))
+
+
+def test_seeded_path_suffixes_only_several_seeds(variants: ModuleType) -> None:
+    out = Path("/tmp/heads/plain.pt")
+
+    assert variants.seeded_path(out, 0, [0]) == out
+    assert variants.seeded_path(out, 2, [0, 1, 2]) == Path("/tmp/heads/plain-s2.pt")
+
+
+def test_mirror_variant_adds_a_mirrored_photo(variants: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "Someone_0001.png"
+    Image.fromarray(gradient_image()).save(path)
+    pipeline = SimpleNamespace(alignment=AlignmentConfig())
+    settings = SimpleNamespace(max_image_bytes=10_000_000, max_image_pixels=10_000_000)
+    detection = face((60.0, 50.0, 200.0, 210.0))
+
+    plain = variants.photo_crops("plain", pipeline, path, detection, settings, 2)
+    mirror = variants.photo_crops("mirror", pipeline, path, detection, settings, 2)
+
+    assert [(key, number) for key, number, _, _ in plain] == [(str(path), 0), (str(path), 1), (str(path), 2)]
+    for first, second in zip(mirror[:3], plain[:3], strict=True):
+        assert first[:3] == second[:3]
+        assert np.array_equal(first[3], second[3])
+    for (_, number, seed, crop), (key, mirrored_number, mirrored_seed, mirrored) in zip(plain, mirror[3:], strict=True):
+        assert (key, mirrored_number, mirrored_seed) == (f"{path}#mirror", number, seed)
+        assert np.array_equal(mirrored, crop[:, ::-1])
