@@ -28,7 +28,8 @@ import argparse
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from core.evaluation.identification import (
     EmbeddingCache,
     IdentificationProtocol,
     MaskAwareMatcher,
+    MatedResult,
     PlainMatcher,
     analyse_photos,
     analyse_protocol,
@@ -240,7 +242,21 @@ def identification_row(
             row[f"{name} {result.name} TPIR@1%"] = point.tpir if point is not None else float("nan")
             if name == "mask-aware":
                 row[f"{name} {result.name} threshold@1%"] = point.threshold if point is not None else float("nan")
+                row |= rank1_by_detection(result.mated, f"{name} {result.name}")
     return row
+
+
+def rank1_by_detection(mated: Sequence[MatedResult], prefix: str) -> dict[str, float]:
+    """Return the rank-1 of the probes found by each detection pass, keyed ``PREFIX rank-1 (METHOD, N probes)``."""
+    ranks: dict[str, list[float]] = defaultdict(list)
+    for result in mated:
+        ranks[result.detection_method or "no face"].append(result.rank)
+    return {
+        f"{prefix} rank-1 ({method}, {len(values)} probe{'' if len(values) == 1 else 's'})": float(
+            np.mean(np.array(values) <= 1)
+        )
+        for method, values in ranks.items()
+    }
 
 
 def lfw_pairs_accuracy(
