@@ -39,6 +39,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -57,6 +58,7 @@ from core.siamese.data import (
     DEFAULT_VALIDATION_FRACTION,
     TRUNK_CHUNK,
     CropRecord,
+    FeatureSet,
     assemble_feature_set,
     select_people,
     split_people,
@@ -184,6 +186,35 @@ def seeded_path(out: Path, seed: int, seeds: list[int]) -> Path:
     return out if len(seeds) == 1 else out.with_name(f"{out.stem}-s{seed}{out.suffix}")
 
 
+def train_per_seed(
+    args: argparse.Namespace,
+    dataset_label: str,
+    base_model_id: str,
+    base: torch.nn.Module,
+    train: FeatureSet,
+    validation: FeatureSet,
+) -> None:
+    """Train and save one head per seed of ``args.seeds`` on the same training and validation people."""
+    for training_seed in args.seeds:
+        config = TrainingConfig(loss="triplet", seed=training_seed)
+        result = train_head(SiameseHead.from_base(base, DEFAULT_TRUNK_LAYER), train, validation, config)
+        info = SiameseModelInfo(
+            base_model_id=base_model_id,
+            layer=DEFAULT_TRUNK_LAYER,
+            loss=config.loss,
+            seed=config.seed,
+            dataset=dataset_label,
+            training_people=len(train.people),
+            validation_people=len(validation.people),
+            masks_per_photo=args.masks,
+            best_epoch=result.best_epoch,
+            validation={"base_masked_rank1": result.base.masked_rank1, "masked_rank1": result.best.masked_rank1},
+        )
+        out = seeded_path(args.out, training_seed, args.seeds)
+        model_id = save_head(out, result.head, info)
+        print(f"{out}: {model_id}, epoch {result.best_epoch}, validation masked rank-1 {result.best.masked_rank1:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=VARIANTS)
@@ -231,25 +262,9 @@ def main() -> None:
 
     features = assemble_feature_set(records, trunk_cache)
     train, validation = subset(features, training_people), subset(features, validation_people)
-    base = load_facenet(settings)
-    for training_seed in args.seeds:
-        config = TrainingConfig(loss="triplet", seed=training_seed)
-        result = train_head(SiameseHead.from_base(base, DEFAULT_TRUNK_LAYER), train, validation, config)
-        info = SiameseModelInfo(
-            base_model_id=runner.model_id,
-            layer=DEFAULT_TRUNK_LAYER,
-            loss=config.loss,
-            seed=config.seed,
-            dataset=f"{dataset} ({args.variant} crops)",
-            training_people=len(train.people),
-            validation_people=len(validation.people),
-            masks_per_photo=args.masks,
-            best_epoch=result.best_epoch,
-            validation={"base_masked_rank1": result.base.masked_rank1, "masked_rank1": result.best.masked_rank1},
-        )
-        out = seeded_path(args.out, training_seed, args.seeds)
-        model_id = save_head(out, result.head, info)
-        print(f"{out}: {model_id}, epoch {result.best_epoch}, validation masked rank-1 {result.best.masked_rank1:.3f}")
+    train_per_seed(
+        args, f"{dataset} ({args.variant} crops)", runner.model_id, load_facenet(settings), train, validation
+    )
 
 
 if __name__ == "__main__":
