@@ -144,24 +144,15 @@ def photo_crops(
     crops: list[tuple[str, int, int | None, np.ndarray]] = [
         (str(path), 0, None, align_face(image.pixels, face, pipeline.alignment))
     ]
-    if variant == "plain":
-        for number, pixels in enumerate(masked, start=1):
-            crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
-        return crops
-
-    if variant == "redetect":
-        for number, pixels in enumerate(masked, start=1):
-            found = redetected(pipeline.detector, pixels, face)
-            crops.append((str(path), number, seed, align_face(pixels, found, pipeline.alignment)))
+    for number, pixels in enumerate(masked, start=1):
+        aligned_on = redetected(pipeline.detector, pixels, face) if variant == "redetect" else face
+        crops.append((str(path), number, seed, align_face(pixels, aligned_on, pipeline.alignment)))
+    if variant in ("plain", "redetect"):
         return crops
 
     if variant == "upper":
-        for number, pixels in enumerate(masked, start=1):
-            crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
         return [(key, number, mask_seed, upper_face(crop)) for key, number, mask_seed, crop in crops]
 
-    for number, pixels in enumerate(masked, start=1):
-        crops.append((str(path), number, seed, align_face(pixels, face, pipeline.alignment)))
     if variant == "mirror":
         mirrored = [(f"{path}#mirror", number, mask_seed, crop[:, ::-1]) for _, number, mask_seed, crop in crops]
         return crops + mirrored
