@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cli.commands import plural
 from core.alignment import align_face
 from core.descriptors import DescriptorLayout
 from core.evaluation.identification import (
@@ -252,9 +253,7 @@ def rank1_by_detection(mated: Sequence[MatedResult], prefix: str) -> dict[str, f
     for result in mated:
         ranks[result.detection_method or "no face"].append(result.rank)
     return {
-        f"{prefix} rank-1 ({method}, {len(values)} probe{'' if len(values) == 1 else 's'})": float(
-            np.mean(np.array(values) <= 1)
-        )
+        f"{prefix} rank-1 ({method}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
         for method, values in ranks.items()
     }
 

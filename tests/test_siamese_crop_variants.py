@@ -75,7 +75,7 @@ def test_seeded_path_suffixes_only_several_seeds(variants: ModuleType) -> None:
     assert variants.seeded_path(out, 2, [0, 1, 2]) == Path("/tmp/heads/plain-s2.pt")
 
 
-def test_mirror_variant_adds_a_mirrored_photo(variants: ModuleType, tmp_path: Path) -> None:
+def test_mirror_variant_adds_mirrored_photo(variants: ModuleType, tmp_path: Path) -> None:
     path = tmp_path / "Someone_0001.png"
     Image.fromarray(gradient_image()).save(path)
     pipeline = SimpleNamespace(alignment=AlignmentConfig())

@@ -14,7 +14,7 @@ def mated(rank: float, method: str | None) -> MatedResult:
     return MatedResult(Path("probe.jpg"), "Someone", rank, 0.5, "Someone", 0.5, method)
 
 
-def test_rank1_by_detection_groups_probes_by_pass() -> None:
+def test_rank1_grouped_by_detection_pass() -> None:
     siamese_rof = load_script("siamese_rof.py")
     results = [mated(1, "mtcnn"), mated(3, "mtcnn"), mated(1, "retry"), mated(math.inf, None)]
 
