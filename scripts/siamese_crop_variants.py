@@ -11,6 +11,9 @@ the real masked photos of the rof protocol:
 - ``tight``: add a tight, small copy of every crop as a photo of its own. The copy
   is the image cut to the detection box, each side moved by -15% to +10% of the
   box, and shrunk so that the box is 70 to 130 px wide, like the rof photos.
+- ``tight-redetect``: as ``tight``, but align each tight copy on the face the service's
+  detector finds on it (its retry and whole-photo passes included), so that the head
+  meets the shifted crops that tight masked photos get.
 - ``upper``: paint every crop grey from row 88 of 160 down, between the eyes at row
   65 and the nose tip at row 91 of the alignment template. The head then gets the
   upper face only, where real and synthetic masks look alike. Score it with
@@ -71,7 +74,7 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("plain", "redetect", "tight", "upper", "mirror")
+VARIANTS = ("plain", "redetect", "tight", "tight-redetect", "upper", "mirror")
 UPPER_FACE_ROWS = 88
 GREY = 128
 # Sides of the tight copy, as fractions of the detection box, and its box width in pixels.
@@ -160,6 +163,8 @@ def photo_crops(
     rng = np.random.default_rng(seed)
     for number, pixels in enumerate([image.pixels, *masked]):
         small, moved = tight_copy(pixels, face, rng)
+        if variant == "tight-redetect":
+            moved = redetected(pipeline.detector, small, moved)
         crop = align_face(small, moved, pipeline.alignment)
         crops.append((f"{path}#tight", number, seed if number else None, crop))
     return crops

@@ -92,3 +92,51 @@ def test_mirror_variant_adds_mirrored_photo(variants: ModuleType, tmp_path: Path
     for (_, number, seed, crop), (key, mirrored_number, mirrored_seed, mirrored) in zip(plain, mirror[3:], strict=True):
         assert (key, mirrored_number, mirrored_seed) == (f"{path}#mirror", number, seed)
         assert np.array_equal(mirrored, crop[:, ::-1])
+
+
+class StubDetector:
+    """A detector that finds nothing, or takes the whole image as the face, and counts its calls."""
+
+    def __init__(self, *, whole_image: bool) -> None:
+        self.whole_image = whole_image
+        self.calls = 0
+
+    def detect(self, pixels: np.ndarray) -> list[DetectedFace]:
+        self.calls += 1
+        height, width = pixels.shape[:2]
+        return [face((0.0, 0.0, float(width), float(height)))] if self.whole_image else []
+
+
+def tight_crops(variants: ModuleType, variant: str, detector: StubDetector, path: Path) -> list:
+    pipeline = SimpleNamespace(alignment=AlignmentConfig(), detector=detector)
+    settings = SimpleNamespace(max_image_bytes=10_000_000, max_image_pixels=10_000_000)
+    return variants.photo_crops(variant, pipeline, path, face((60.0, 50.0, 200.0, 210.0)), settings, 2)
+
+
+def test_tight_redetect_keeps_copy_without_detection(variants: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "Someone_0001.png"
+    Image.fromarray(gradient_image()).save(path)
+    detector = StubDetector(whole_image=False)
+
+    tight = tight_crops(variants, "tight", StubDetector(whole_image=False), path)
+    redetected = tight_crops(variants, "tight-redetect", detector, path)
+
+    assert detector.calls == 3
+    assert [crop[:3] for crop in redetected] == [crop[:3] for crop in tight]
+    for first, second in zip(redetected, tight, strict=True):
+        assert np.array_equal(first[3], second[3])
+
+
+def test_tight_redetect_aligns_on_detected_face(variants: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "Someone_0001.png"
+    Image.fromarray(gradient_image()).save(path)
+
+    tight = tight_crops(variants, "tight", StubDetector(whole_image=False), path)
+    # The whole tight copy overlaps the moved box by more than half, so its crop replaces the true one.
+    redetected = tight_crops(variants, "tight-redetect", StubDetector(whole_image=True), path)
+
+    for first, second in zip(redetected[:3], tight[:3], strict=True):
+        assert np.array_equal(first[3], second[3])
+    for first, second in zip(redetected[3:], tight[3:], strict=True):
+        assert first[0].endswith("#tight")
+        assert not np.array_equal(first[3], second[3])
