@@ -65,6 +65,8 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, FACENET_STAGES, TrunkRunner,
 logger = logging.getLogger(__name__)
 
 GREY = 128
+# Face box widths in pixels that split the masked probes into small, medium and large faces.
+FACE_WIDTH_EDGES = (55, 100)
 
 
 @dataclasses.dataclass
@@ -244,6 +246,7 @@ def identification_row(
             if name == "mask-aware":
                 row[f"{name} {result.name} threshold@1%"] = point.threshold if point is not None else float("nan")
                 row |= rank1_by_detection(result.mated, f"{name} {result.name}")
+                row |= rank1_by_face_width(result.mated, photos, f"{name} {result.name}")
     return row
 
 
@@ -255,6 +258,32 @@ def rank1_by_detection(mated: Sequence[MatedResult], prefix: str) -> dict[str, f
     return {
         f"{prefix} rank-1 ({method}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
         for method, values in ranks.items()
+    }
+
+
+def face_width_group(width: float) -> str:
+    """Return the :data:`FACE_WIDTH_EDGES` group of a face box width, such as ``faces 55-100 px``."""
+    low, high = FACE_WIDTH_EDGES
+    if width < low:
+        return f"faces under {low} px"
+    if width < high:
+        return f"faces {low}-{high} px"
+    return f"faces {high} px and wider"
+
+
+def rank1_by_face_width(
+    mated: Sequence[MatedResult], photos: Mapping[Path, AnalysedPhoto], prefix: str
+) -> dict[str, float]:
+    """Return the rank-1 of the probes in each face width group, keyed ``PREFIX rank-1 (GROUP, N probes)``."""
+    ranks: dict[str, list[float]] = defaultdict(list)
+    for result in mated:
+        photo = photos.get(result.path)
+        face = photo.face if photo is not None else None
+        group = "no face" if face is None else face_width_group(face.detection.box[2] - face.detection.box[0])
+        ranks[group].append(result.rank)
+    return {
+        f"{prefix} rank-1 ({group}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
+        for group, values in ranks.items()
     }
 
 
