@@ -14,6 +14,8 @@ the real masked photos of the rof protocol:
 - ``tight-redetect``: as ``tight``, but align each tight copy on the face the service's
   detector finds on it (its retry and whole-photo passes included), so that the head
   meets the shifted crops that tight masked photos get.
+- ``small``: as ``tight``, but shrunk so that the box is 24 to 60 px wide, like the
+  smallest quarter of the rof masked faces; the copies get the photo key ``PATH#small``.
 - ``upper``: paint every crop grey from row 88 of 160 down, between the eyes at row
   65 and the nose tip at row 91 of the alignment template. The head then gets the
   upper face only, where real and synthetic masks look alike. Score it with
@@ -74,12 +76,14 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("plain", "redetect", "tight", "tight-redetect", "upper", "mirror")
+VARIANTS = ("plain", "redetect", "tight", "tight-redetect", "small", "upper", "mirror")
 UPPER_FACE_ROWS = 88
 GREY = 128
 # Sides of the tight copy, as fractions of the detection box, and its box width in pixels.
 TIGHT_MARGINS = (-0.15, 0.10)
 TIGHT_BOX_WIDTHS = (70.0, 130.0)
+# Box widths of the small copy: a quarter of the rof masked photos have faces under 55 px.
+SMALL_BOX_WIDTHS = (24.0, 60.0)
 MIN_REDETECT_OVERLAP = 0.5
 
 
@@ -101,8 +105,16 @@ def redetected(detector: FaceDetector, pixels: np.ndarray, unmasked: DetectedFac
     return best
 
 
-def tight_copy(pixels: np.ndarray, face: DetectedFace, rng: np.random.Generator) -> tuple[np.ndarray, DetectedFace]:
-    """Cut the image close to the face's box, shrink it, and move the box and landmarks with it."""
+def tight_copy(
+    pixels: np.ndarray,
+    face: DetectedFace,
+    rng: np.random.Generator,
+    box_widths: tuple[float, float] = TIGHT_BOX_WIDTHS,
+) -> tuple[np.ndarray, DetectedFace]:
+    """Cut the image close to the face's box and shrink it to a random box width in ``box_widths`` pixels.
+
+    Returns the copy and the face with its box and landmarks moved onto the copy.
+    """
     height, width = pixels.shape[:2]
     x1, y1, x2, y2 = face.box
     box_width, box_height = x2 - x1, y2 - y1
@@ -111,7 +123,7 @@ def tight_copy(pixels: np.ndarray, face: DetectedFace, rng: np.random.Generator)
     rows = (round(max(0.0, y1 - top * box_height)), round(min(height, y2 + bottom * box_height)))
     cut = pixels[rows[0] : rows[1], columns[0] : columns[1]]
 
-    scale = min(1.0, rng.uniform(*TIGHT_BOX_WIDTHS) / box_width)
+    scale = min(1.0, rng.uniform(*box_widths) / box_width)
     size = (max(1, round(cut.shape[1] * scale)), max(1, round(cut.shape[0] * scale)))
     small = np.asarray(Image.fromarray(cut).resize(size, Image.BILINEAR, reducing_gap=2.0))
 
@@ -161,12 +173,13 @@ def photo_crops(
         return crops + mirrored
 
     rng = np.random.default_rng(seed)
+    widths, suffix = (SMALL_BOX_WIDTHS, "#small") if variant == "small" else (TIGHT_BOX_WIDTHS, "#tight")
     for number, pixels in enumerate([image.pixels, *masked]):
-        small, moved = tight_copy(pixels, face, rng)
+        small, moved = tight_copy(pixels, face, rng, widths)
         if variant == "tight-redetect":
             moved = redetected(pipeline.detector, small, moved)
         crop = align_face(small, moved, pipeline.alignment)
-        crops.append((f"{path}#tight", number, seed if number else None, crop))
+        crops.append((f"{path}{suffix}", number, seed if number else None, crop))
     return crops
 
 

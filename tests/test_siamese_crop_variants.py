@@ -140,3 +140,19 @@ def test_tight_redetect_aligns_on_detected_face(variants: ModuleType, tmp_path: 
     for first, second in zip(redetected[3:], tight[3:], strict=True):
         assert first[0].endswith("#tight")
         assert not np.array_equal(first[3], second[3])
+
+
+def test_small_variant_adds_small_copies(variants: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "Someone_0001.png"
+    Image.fromarray(gradient_image()).save(path)
+
+    crops = tight_crops(variants, "small", StubDetector(whole_image=False), path)
+    small, moved = variants.tight_copy(
+        gradient_image(), face((60.0, 50.0, 200.0, 210.0)), np.random.default_rng(3), variants.SMALL_BOX_WIDTHS
+    )
+
+    assert [key for key, _, _, _ in crops[3:]] == [f"{path}#small"] * 3
+    assert all(crop.shape == (160, 160, 3) for _, _, _, crop in crops)
+    low, high = variants.SMALL_BOX_WIDTHS
+    assert low - 1 <= moved.box[2] - moved.box[0] <= high + 1
+    assert max(small.shape[:2]) <= high * 1.5
