@@ -413,6 +413,7 @@ def synthesize_masked(
     *,
     seed: int,
     kinds: Sequence[str] = MASK_TYPES,
+    restyle: Callable[[MaskStyle], MaskStyle] | None = None,
 ) -> list[np.ndarray]:
     """Draw ``count`` different random masks on one face and return the masked copies.
 
@@ -426,6 +427,9 @@ def synthesize_masked(
         count: number of variants, 0 or more.
         seed: seed of every random choice.
         kinds: mask kinds to draw from.
+        restyle: applied to each drawn style before the mask is painted, for example to
+            raise every mask. The random draws stay the same, so the masks differ from the
+            default ones only in what ``restyle`` changes.
 
     Raises:
         ValueError: ``count`` is negative, ``kinds`` is empty or names an unknown
@@ -448,6 +452,8 @@ def synthesize_masked(
         if not order:
             order = [str(kind) for kind in rng.permutation(np.array(kinds))]
         style = random_mask_style(rng, order.pop())
+        if restyle is not None:
+            style = restyle(style)
         variants.append(draw_mask(pixels, checked, style))
     return variants
 

@@ -432,3 +432,27 @@ def test_numbered_paths() -> None:
         Path("out/masked-2.jpg"),
         Path("out/masked-3.jpg"),
     ]
+
+
+def test_synthesize_restyle_changes_only_style(synthetic_image: np.ndarray) -> None:
+    seen: list[MaskStyle] = []
+
+    def record(style: MaskStyle) -> MaskStyle:
+        seen.append(style)
+        return style
+
+    def raise_top(style: MaskStyle) -> MaskStyle:
+        return replace(style, top=style.top - 0.1, top_side=style.top_side - 0.1)
+
+    plain = synthesize_masked(synthetic_image, SYNTHETIC_LANDMARKS, 4, seed=42)
+    recorded = synthesize_masked(synthetic_image, SYNTHETIC_LANDMARKS, 4, seed=42, restyle=record)
+    raised = synthesize_masked(synthetic_image, SYNTHETIC_LANDMARKS, 4, seed=42, restyle=raise_top)
+
+    assert sorted(style.kind for style in seen) == sorted(MASK_TYPES)
+    # The column between the eyes crosses the top edge at the nose bridge, away from the straps.
+    middle = round(float(SYNTHETIC_LANDMARKS[:2, 0].mean()))
+    for plain_image, recorded_image, raised_image, style in zip(plain, recorded, raised, seen, strict=True):
+        assert np.array_equal(plain_image, recorded_image)
+        plain_top = np.argmax(np.any(plain_image[:, middle] != synthetic_image[:, middle], axis=1))
+        raised_top = np.argmax(np.any(raised_image[:, middle] != synthetic_image[:, middle], axis=1))
+        assert raised_top < plain_top, style.kind
