@@ -8,6 +8,8 @@ the real masked photos of the rof protocol:
 - ``redetect``: align each synthetic-mask crop with the landmarks MTCNN finds on the
   masked photo, as the service aligns a real masked probe (the face whose box
   overlaps the unmasked detection most, or that detection when none overlaps by half).
+- ``raised``: draw every synthetic mask with its top edge 0.1 eye-to-mouth distances
+  higher, nearer the eyes, where many of the rof masks sit.
 - ``tight``: add a tight, small copy of every crop as a photo of its own. The copy
   is the image cut to the detection box, each side moved by -15% to +10% of the
   box, and shrunk so that the box is 70 to 130 px wide, like the rof photos.
@@ -54,7 +56,7 @@ from core.detection import DetectedFace, FaceDetector
 from core.evaluation.identification import EmbeddingCache, analyse_photos
 from core.evaluation.mask_detection import DEFAULT_SKIPPED_PEOPLE
 from core.images import load_image
-from core.masks import synthesize_masked
+from core.masks import MaskStyle, synthesize_masked
 from core.pipeline import FacePipeline, masked_variants_seed
 from core.settings import BASE_MODEL, Settings
 from core.siamese.cache import TrunkCache, crop_sha256
@@ -76,7 +78,7 @@ from core.siamese.trunk import DEFAULT_TRUNK_LAYER, TrunkRunner, load_facenet
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("plain", "redetect", "tight", "tight-redetect", "small", "upper", "mirror")
+VARIANTS = ("plain", "redetect", "raised", "tight", "tight-redetect", "small", "upper", "mirror")
 UPPER_FACE_ROWS = 88
 GREY = 128
 # Sides of the tight copy, as fractions of the detection box, and its box width in pixels.
@@ -85,6 +87,8 @@ TIGHT_BOX_WIDTHS = (70.0, 130.0)
 # Box widths of the small copy: a quarter of the rof masked photos have faces under 55 px.
 SMALL_BOX_WIDTHS = (24.0, 60.0)
 MIN_REDETECT_OVERLAP = 0.5
+# How far the raised variant moves each mask's top edge up, in eye-to-mouth distances.
+RAISED_MASK_LIFT = 0.1
 
 
 def box_overlap(first: tuple[float, ...], second: tuple[float, ...]) -> float:
@@ -138,6 +142,11 @@ def tight_copy(
     return small, moved
 
 
+def raised_mask(style: MaskStyle) -> MaskStyle:
+    """Return ``style`` with its top edge :data:`RAISED_MASK_LIFT` higher, at the nose bridge and at the sides."""
+    return dataclasses.replace(style, top=style.top - RAISED_MASK_LIFT, top_side=style.top_side - RAISED_MASK_LIFT)
+
+
 def upper_face(crop: np.ndarray) -> np.ndarray:
     """Return a copy of a 160 px aligned crop painted grey from :data:`UPPER_FACE_ROWS` down."""
     painted = crop.copy()
@@ -155,14 +164,15 @@ def photo_crops(
     """
     image = load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     seed = masked_variants_seed(image.sha256)
-    masked = synthesize_masked(image.pixels, face.landmarks, masks, seed=seed)
+    restyle = raised_mask if variant == "raised" else None
+    masked = synthesize_masked(image.pixels, face.landmarks, masks, seed=seed, restyle=restyle)
     crops: list[tuple[str, int, int | None, np.ndarray]] = [
         (str(path), 0, None, align_face(image.pixels, face, pipeline.alignment))
     ]
     for number, pixels in enumerate(masked, start=1):
         aligned_on = redetected(pipeline.detector, pixels, face) if variant == "redetect" else face
         crops.append((str(path), number, seed, align_face(pixels, aligned_on, pipeline.alignment)))
-    if variant in ("plain", "redetect"):
+    if variant in ("plain", "redetect", "raised"):
         return crops
 
     if variant == "upper":

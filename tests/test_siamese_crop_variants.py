@@ -156,3 +156,16 @@ def test_small_variant_adds_small_copies(variants: ModuleType, tmp_path: Path) -
     low, high = variants.SMALL_BOX_WIDTHS
     assert low - 1 <= moved.box[2] - moved.box[0] <= high + 1
     assert max(small.shape[:2]) <= high * 1.5
+
+
+def test_raised_variant_changes_masked_crops(variants: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "Someone_0001.png"
+    Image.fromarray(gradient_image()).save(path)
+
+    plain = tight_crops(variants, "plain", StubDetector(whole_image=False), path)
+    raised = tight_crops(variants, "raised", StubDetector(whole_image=False), path)
+
+    assert [crop[:3] for crop in raised] == [crop[:3] for crop in plain]
+    assert np.array_equal(raised[0][3], plain[0][3])
+    for first, second in zip(raised[1:], plain[1:], strict=True):
+        assert not np.array_equal(first[3], second[3])
