@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -250,15 +250,22 @@ def identification_row(
     return row
 
 
-def rank1_by_detection(mated: Sequence[MatedResult], prefix: str) -> dict[str, float]:
-    """Return the rank-1 of the probes found by each detection pass, keyed ``PREFIX rank-1 (METHOD, N probes)``."""
+def rank1_by_group(
+    mated: Sequence[MatedResult], group_of: Callable[[MatedResult], str], prefix: str
+) -> dict[str, float]:
+    """Return the rank-1 of the probes in each group ``group_of`` assigns, keyed ``PREFIX rank-1 (GROUP, N probes)``."""
     ranks: dict[str, list[float]] = defaultdict(list)
     for result in mated:
-        ranks[result.detection_method or "no face"].append(result.rank)
+        ranks[group_of(result)].append(result.rank)
     return {
-        f"{prefix} rank-1 ({method}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
-        for method, values in ranks.items()
+        f"{prefix} rank-1 ({group}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
+        for group, values in ranks.items()
     }
+
+
+def rank1_by_detection(mated: Sequence[MatedResult], prefix: str) -> dict[str, float]:
+    """Return the rank-1 of the probes found by each detection pass, keyed ``PREFIX rank-1 (METHOD, N probes)``."""
+    return rank1_by_group(mated, lambda result: result.detection_method or "no face", prefix)
 
 
 def face_width_group(width: float) -> str:
@@ -275,16 +282,14 @@ def rank1_by_face_width(
     mated: Sequence[MatedResult], photos: Mapping[Path, AnalysedPhoto], prefix: str
 ) -> dict[str, float]:
     """Return the rank-1 of the probes in each face width group, keyed ``PREFIX rank-1 (GROUP, N probes)``."""
-    ranks: dict[str, list[float]] = defaultdict(list)
-    for result in mated:
+
+    def group_of(result: MatedResult) -> str:
         photo = photos.get(result.path)
-        face = photo.face if photo is not None else None
-        group = "no face" if face is None else face_width_group(face.detection.box[2] - face.detection.box[0])
-        ranks[group].append(result.rank)
-    return {
-        f"{prefix} rank-1 ({group}, {plural(len(values), 'probe')})": float(np.mean(np.array(values) <= 1))
-        for group, values in ranks.items()
-    }
+        if photo is None or photo.face is None:
+            return "no face"
+        return face_width_group(photo.face.detection.width)
+
+    return rank1_by_group(mated, group_of, prefix)
 
 
 def lfw_pairs_accuracy(
