@@ -7,7 +7,7 @@ service's mask-aware matching (masked rank-1, as ``scripts/siamese_rof.py`` repo
 for the Siamese model). Each run then reports:
 
 - the epoch that the command's early stopping would keep (validation on synthetic masks
-  of the LFW validation people, patience as configured), and its rof score;
+  of the LFW validation people, with the command's default patience), and its rof score;
 - the best rof score of any epoch. It bounds what choosing the epoch on the real
   masks could reach, and it is optimistic, because the same photos choose and score;
 - the rof score of the head whose weights are the mean of the weights of every epoch
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from siamese_rof import head_descriptors, trunk_table, with_base_part
 
-from cli.train_siamese import EMBEDDING_CACHE_FILE, TRUNK_CACHE_FOLDER
+from cli.train_siamese import EMBEDDING_CACHE_FILE, TRUNK_CACHE_FOLDER, integer_at_least
 from core.evaluation.identification import (
     AnalysedPhoto,
     EmbeddingCache,
@@ -79,7 +79,7 @@ class RealMaskScorer:
     def __init__(self, settings: Settings, datasets: Path) -> None:
         pipeline = FacePipeline.from_settings(settings)
         full = standard_protocol(datasets)
-        # Only the masked probe set: the unmasked probes do not use the head's part.
+        # Only the masked probes are scored, because unmasked probes are compared on the base network's part.
         self.protocol = IdentificationProtocol(full.gallery, tuple(s for s in full.probe_sets if s.name == "masked"))
         limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
         with EmbeddingCache(settings.cache_dir / "eval" / "embeddings.sqlite3") as cache:
@@ -96,7 +96,7 @@ class RealMaskScorer:
         classifier = shipped_classifier(pipeline.feature_model_id)
         if classifier is None:
             raise SystemExit(
-                f"no shipped mask classifier for {pipeline.feature_model_id}; mask-aware matching needs one"
+                f"no shipped mask classifier for {pipeline.feature_model_id}, which mask-aware matching needs"
             )
         self.matcher = MaskAwareMatcher(classifier, synthetic_masks=self.count, layout=SiameseBackbone.layout)
 
@@ -104,7 +104,7 @@ class RealMaskScorer:
         return head_descriptors(head, self.photos, self.table, flip=self.flip, masked_flip=self.masked_flip)
 
     def masked_rank1(self, head: SiameseHead) -> float:
-        """Return the Siamese model's masked rank-1 with ``head``; leaves ``head`` in eval mode."""
+        """Return the Siamese model's masked rank-1 with ``head``, and leave ``head`` in eval mode."""
         head_photos, head_synthetic = self._descriptors(head)
         photos, synthetic = with_base_part(head_photos, head_synthetic, self.base_photos, self.base_synthetic)
         evaluation = score_protocol(self.protocol, photos, model_id="epoch", matcher=self.matcher, synthetic=synthetic)
@@ -122,7 +122,7 @@ class SeedRun:
     averaged: dict[int, float]
 
 
-def kept_epoch(history: Sequence[EpochRecord], config: TrainingConfig, patience: int) -> int:
+def early_stopping_epoch(history: Sequence[EpochRecord], config: TrainingConfig, patience: int) -> int:
     """Return the epoch that early stopping with ``patience`` would keep, replaying the training's rule."""
     best = 0
     for record in history[1:]:
@@ -168,7 +168,7 @@ def run_seed(
     )
 
     synthetic = [record.validation.masked_rank1 for record in result.history]
-    kept = kept_epoch(result.history, config, TrainingConfig().patience)
+    kept = early_stopping_epoch(result.history, config, TrainingConfig().patience)
     averaged = {first: scorer.masked_rank1(averaged_head(base, states, first)) for first in args.average_from}
     return SeedRun(seed, rof, synthetic, kept, averaged)
 
@@ -220,10 +220,12 @@ def print_run(run: SeedRun) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one run each (default: 0)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per run (default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=integer_at_least(1), default=DEFAULT_EPOCHS, help="epochs per run (default: %(default)s)"
+    )
     parser.add_argument(
         "--average-from",
-        type=int,
+        type=integer_at_least(1),
         nargs="+",
         default=[DEFAULT_AVERAGE_FROM],
         metavar="EPOCH",
@@ -232,8 +234,8 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, help="datasets folder (default: MASKID_DATASETS)")
     parser.add_argument("--plot", type=Path, help="write a PNG of the per-epoch scores here")
     args = parser.parse_args()
-    if not all(1 <= first <= args.epochs for first in args.average_from):
-        parser.error(f"--average-from epochs must be between 1 and --epochs ({args.epochs}), got {args.average_from}")
+    if max(args.average_from) > args.epochs:
+        parser.error(f"--average-from epochs must be at most --epochs ({args.epochs}), got {args.average_from}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     settings = Settings.from_env(model=BASE_MODEL)

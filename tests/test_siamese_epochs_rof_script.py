@@ -23,12 +23,12 @@ def history(masked_rank1: list[float]) -> list[EpochRecord]:
     ]
 
 
-def test_kept_epoch_stops_after_patience(epochs_rof: ModuleType) -> None:
+def test_early_stopping_epoch_respects_patience(epochs_rof: ModuleType) -> None:
     records = history([0.5, 0.6, 0.7, 0.65, 0.66, 0.64, 0.9])
 
     # Epochs 3 to 5 do not beat epoch 2, so training would stop before the better epoch 6.
-    assert epochs_rof.kept_epoch(records, TrainingConfig(), patience=3) == 2
-    assert epochs_rof.kept_epoch(records, TrainingConfig(), patience=4) == 6
+    assert epochs_rof.early_stopping_epoch(records, TrainingConfig(), patience=3) == 2
+    assert epochs_rof.early_stopping_epoch(records, TrainingConfig(), patience=4) == 6
 
 
 def test_averaged_head_means_epoch_weights(epochs_rof: ModuleType) -> None:
