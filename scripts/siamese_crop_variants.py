@@ -159,8 +159,8 @@ def photo_crops(
 ) -> list[tuple[str, int, int | None, np.ndarray]]:
     """Return ``(photo key, variant number, mask seed, crop)`` for each training crop of one photo.
 
-    The tight copies get the photo key ``PATH#tight`` and the mirror images ``PATH#mirror``, so that they
-    count as photos of their own.
+    The tight copies get the photo key ``PATH#tight``, the small copies ``PATH#small`` and the mirror images
+    ``PATH#mirror``, so that they count as photos of their own.
     """
     image = load_image(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     seed = masked_variants_seed(image.sha256)
@@ -185,10 +185,10 @@ def photo_crops(
     rng = np.random.default_rng(seed)
     widths, suffix = (SMALL_BOX_WIDTHS, "#small") if variant == "small" else (TIGHT_BOX_WIDTHS, "#tight")
     for number, pixels in enumerate([image.pixels, *masked]):
-        small, moved = tight_copy(pixels, face, rng, widths)
+        shrunk, moved = tight_copy(pixels, face, rng, widths)
         if variant == "tight-redetect":
-            moved = redetected(pipeline.detector, small, moved)
-        crop = align_face(small, moved, pipeline.alignment)
+            moved = redetected(pipeline.detector, shrunk, moved)
+        crop = align_face(shrunk, moved, pipeline.alignment)
         crops.append((f"{path}{suffix}", number, seed if number else None, crop))
     return crops
 

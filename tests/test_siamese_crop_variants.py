@@ -107,7 +107,7 @@ class StubDetector:
         return [face((0.0, 0.0, float(width), float(height)))] if self.whole_image else []
 
 
-def tight_crops(variants: ModuleType, variant: str, detector: StubDetector, path: Path) -> list:
+def variant_crops(variants: ModuleType, variant: str, detector: StubDetector, path: Path) -> list:
     pipeline = SimpleNamespace(alignment=AlignmentConfig(), detector=detector)
     settings = SimpleNamespace(max_image_bytes=10_000_000, max_image_pixels=10_000_000)
     return variants.photo_crops(variant, pipeline, path, face((60.0, 50.0, 200.0, 210.0)), settings, 2)
@@ -118,8 +118,8 @@ def test_tight_redetect_keeps_copy_without_detection(variants: ModuleType, tmp_p
     Image.fromarray(gradient_image()).save(path)
     detector = StubDetector(whole_image=False)
 
-    tight = tight_crops(variants, "tight", StubDetector(whole_image=False), path)
-    redetected = tight_crops(variants, "tight-redetect", detector, path)
+    tight = variant_crops(variants, "tight", StubDetector(whole_image=False), path)
+    redetected = variant_crops(variants, "tight-redetect", detector, path)
 
     assert detector.calls == 3
     assert [crop[:3] for crop in redetected] == [crop[:3] for crop in tight]
@@ -131,9 +131,9 @@ def test_tight_redetect_aligns_on_detected_face(variants: ModuleType, tmp_path: 
     path = tmp_path / "Someone_0001.png"
     Image.fromarray(gradient_image()).save(path)
 
-    tight = tight_crops(variants, "tight", StubDetector(whole_image=False), path)
+    tight = variant_crops(variants, "tight", StubDetector(whole_image=False), path)
     # The whole tight copy overlaps the moved box by more than half, so its crop replaces the true one.
-    redetected = tight_crops(variants, "tight-redetect", StubDetector(whole_image=True), path)
+    redetected = variant_crops(variants, "tight-redetect", StubDetector(whole_image=True), path)
 
     for first, second in zip(redetected[:3], tight[:3], strict=True):
         assert np.array_equal(first[3], second[3])
@@ -146,7 +146,7 @@ def test_small_variant_adds_small_copies(variants: ModuleType, tmp_path: Path) -
     path = tmp_path / "Someone_0001.png"
     Image.fromarray(gradient_image()).save(path)
 
-    crops = tight_crops(variants, "small", StubDetector(whole_image=False), path)
+    crops = variant_crops(variants, "small", StubDetector(whole_image=False), path)
     small, moved = variants.tight_copy(
         gradient_image(), face((60.0, 50.0, 200.0, 210.0)), np.random.default_rng(3), variants.SMALL_BOX_WIDTHS
     )
@@ -162,8 +162,8 @@ def test_raised_variant_changes_masked_crops(variants: ModuleType, tmp_path: Pat
     path = tmp_path / "Someone_0001.png"
     Image.fromarray(gradient_image()).save(path)
 
-    plain = tight_crops(variants, "plain", StubDetector(whole_image=False), path)
-    raised = tight_crops(variants, "raised", StubDetector(whole_image=False), path)
+    plain = variant_crops(variants, "plain", StubDetector(whole_image=False), path)
+    raised = variant_crops(variants, "raised", StubDetector(whole_image=False), path)
 
     assert [crop[:3] for crop in raised] == [crop[:3] for crop in plain]
     assert np.array_equal(raised[0][3], plain[0][3])
