@@ -42,6 +42,7 @@ from core.evaluation.identification import (
     EmbeddingCache,
     IdentificationProtocol,
     MaskAwareMatcher,
+    ProbeSetResult,
     analyse_protocol,
     score_protocol,
     standard_protocol,
@@ -103,12 +104,43 @@ class RealMaskScorer:
     def _descriptors(self, head: SiameseHead) -> tuple[dict[Path, AnalysedPhoto], dict[Path, np.ndarray]]:
         return head_descriptors(head, self.photos, self.table, flip=self.flip, masked_flip=self.masked_flip)
 
-    def masked_rank1(self, head: SiameseHead) -> float:
-        """Return the Siamese model's masked rank-1 with ``head``, and leave ``head`` in eval mode."""
+    def masked_result(self, head: SiameseHead, protocol: IdentificationProtocol | None = None) -> ProbeSetResult:
+        """Score the Siamese model with ``head`` on the masked probes, and leave ``head`` in eval mode.
+
+        ``protocol`` defaults to the rof protocol's masked probe set; another protocol must
+        use the same photos, with its masked probe set first.
+        """
         head_photos, head_synthetic = self._descriptors(head)
         photos, synthetic = with_base_part(head_photos, head_synthetic, self.base_photos, self.base_synthetic)
-        evaluation = score_protocol(self.protocol, photos, model_id="epoch", matcher=self.matcher, synthetic=synthetic)
-        return evaluation.probe_sets[0].rank1
+        protocol = protocol or self.protocol
+        evaluation = score_protocol(protocol, photos, model_id="head", matcher=self.matcher, synthetic=synthetic)
+        return evaluation.probe_sets[0]
+
+    def masked_rank1(self, head: SiameseHead) -> float:
+        """Return the Siamese model's masked rank-1 with ``head``, and leave ``head`` in eval mode."""
+        return self.masked_result(head).rank1
+
+
+def shipped_training_sets(settings: Settings) -> tuple[FeatureSet, FeatureSet]:
+    """Return the training and validation crops of ``maskid train siamese`` with its default people and masks."""
+    photos = select_people(settings.datasets_dir / "lfw", skip=DEFAULT_SKIPPED_PEOPLE, seed=0)
+    training_people, validation_people = split_people(list(photos), DEFAULT_VALIDATION_FRACTION, 0)
+    runner = TrunkRunner(settings, DEFAULT_TRUNK_LAYER)
+    trunk_cache = TrunkCache(
+        settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=DEFAULT_TRUNK_LAYER
+    )
+    limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
+    with EmbeddingCache(settings.cache_dir / EMBEDDING_CACHE_FILE) as embedding_cache:
+        features = build_feature_set(
+            FacePipeline.from_settings(settings),
+            runner,
+            trunk_cache,
+            photos,
+            masks=DEFAULT_MASKS_PER_PHOTO,
+            embedding_cache=embedding_cache,
+            **limits,
+        )
+    return subset(features, training_people), subset(features, validation_people)
 
 
 @dataclasses.dataclass
@@ -242,25 +274,7 @@ def main() -> None:
     if args.datasets is not None:
         settings = dataclasses.replace(settings, datasets_dir=args.datasets)
     scorer = RealMaskScorer(settings, settings.datasets_dir)
-
-    photos = select_people(settings.datasets_dir / "lfw", skip=DEFAULT_SKIPPED_PEOPLE, seed=0)
-    training_people, validation_people = split_people(list(photos), DEFAULT_VALIDATION_FRACTION, 0)
-    runner = TrunkRunner(settings, DEFAULT_TRUNK_LAYER)
-    trunk_cache = TrunkCache(
-        settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=DEFAULT_TRUNK_LAYER
-    )
-    limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
-    with EmbeddingCache(settings.cache_dir / EMBEDDING_CACHE_FILE) as embedding_cache:
-        features = build_feature_set(
-            FacePipeline.from_settings(settings),
-            runner,
-            trunk_cache,
-            photos,
-            masks=DEFAULT_MASKS_PER_PHOTO,
-            embedding_cache=embedding_cache,
-            **limits,
-        )
-    train, validation = subset(features, training_people), subset(features, validation_people)
+    train, validation = shipped_training_sets(settings)
 
     base = load_facenet(settings)
     runs = []
