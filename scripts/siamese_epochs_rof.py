@@ -107,8 +107,8 @@ class RealMaskScorer:
     def masked_result(self, head: SiameseHead, protocol: IdentificationProtocol | None = None) -> ProbeSetResult:
         """Score the Siamese model with ``head`` on the masked probes, and leave ``head`` in eval mode.
 
-        ``protocol`` defaults to the rof protocol's masked probe set; another protocol must
-        use the same photos, with its masked probe set first.
+        ``protocol`` defaults to the rof protocol's masked probe set. Another protocol must
+        use the same photos and list its masked probe set first.
         """
         head_photos, head_synthetic = self._descriptors(head)
         photos, synthetic = with_base_part(head_photos, head_synthetic, self.base_photos, self.base_synthetic)
