@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from siamese_rof import GREY
 from tqdm import tqdm
 
 from cli.train_siamese import EMBEDDING_CACHE_FILE, TRUNK_CACHE_FOLDER
@@ -80,7 +81,6 @@ logger = logging.getLogger(__name__)
 
 VARIANTS = ("plain", "redetect", "raised", "tight", "tight-redetect", "small", "upper", "mirror")
 UPPER_FACE_ROWS = 88
-GREY = 128
 # Sides of the tight copy, as fractions of the detection box, and its box width in pixels.
 TIGHT_MARGINS = (-0.15, 0.10)
 TIGHT_BOX_WIDTHS = (70.0, 130.0)
