@@ -224,7 +224,7 @@ def plot_runs(runs: Sequence[SeedRun], path: Path) -> None:
         synthetic_axes.plot(epochs, run.synthetic, "--", color=color, alpha=0.6)
         rof_axes.axvline(run.kept_epoch, linestyle=":", color=color)
     target = runs[0].rof[0] + TARGET_GAIN
-    rof_axes.axhline(target, color="grey", linestyle="--", label=f"untrained + {TARGET_GAIN:.2f} ({target:.3f})")
+    rof_axes.axhline(target, color="grey", linestyle="--", label=f"untrained + {TARGET_GAIN:.2f} ({target:.4f})")
     rof_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     rof_axes.set(xlabel="epoch (0 = untrained head)", ylabel="rof masked rank-1 (solid)")
     synthetic_axes.set_ylabel("LFW validation masked rank-1, synthetic masks (dashed)")
