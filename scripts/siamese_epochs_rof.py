@@ -121,6 +121,14 @@ class RealMaskScorer:
         return self.masked_result(head).rank1
 
 
+def base_settings(datasets: Path | None) -> Settings:
+    """Return the settings of the base model, with ``datasets`` as the datasets folder when given."""
+    settings = Settings.from_env(model=BASE_MODEL)
+    if datasets is None:
+        return settings
+    return dataclasses.replace(settings, datasets_dir=datasets)
+
+
 def shipped_training_sets(settings: Settings) -> tuple[FeatureSet, FeatureSet]:
     """Return the training and validation crops of ``maskid train siamese`` with its default people and masks."""
     photos = select_people(settings.datasets_dir / "lfw", skip=DEFAULT_SKIPPED_PEOPLE, seed=0)
@@ -270,9 +278,7 @@ def main() -> None:
         parser.error(f"--average-from epochs must be at most --epochs ({args.epochs}), got {args.average_from}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    settings = Settings.from_env(model=BASE_MODEL)
-    if args.datasets is not None:
-        settings = dataclasses.replace(settings, datasets_dir=args.datasets)
+    settings = base_settings(args.datasets)
     scorer = RealMaskScorer(settings, settings.datasets_dir)
     train, validation = shipped_training_sets(settings)
 

@@ -35,12 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from siamese_epochs_rof import RealMaskScorer, shipped_training_sets
+from siamese_epochs_rof import RealMaskScorer, base_settings, shipped_training_sets
 from siamese_rof import TrunkTable
 
 from cli.train_siamese import integer_at_least
 from core.evaluation.identification import IdentificationProtocol, ProbeSet, ProbeSetResult
-from core.settings import BASE_MODEL, Settings
 from core.siamese.data import CropRecord, FeatureSet
 from core.siamese.head import SiameseHead
 from core.siamese.model_file import load_head
@@ -173,9 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    settings = Settings.from_env(model=BASE_MODEL)
-    if args.datasets is not None:
-        settings = dataclasses.replace(settings, datasets_dir=args.datasets)
+    settings = base_settings(args.datasets)
     scorer = RealMaskScorer(settings, settings.datasets_dir)
     lfw_train, lfw_validation = shipped_training_sets(settings)
     base = load_facenet(settings)
