@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cli.commands import CommandResult
@@ -19,6 +19,7 @@ from core.siamese.curves import plot_training_curves
 from core.siamese.data import (
     DEFAULT_MASKS_PER_PHOTO,
     DEFAULT_VALIDATION_FRACTION,
+    FeatureSet,
     build_feature_set,
     select_people,
     split_people,
@@ -159,30 +160,50 @@ def fraction(text: str) -> float:
     return value
 
 
-async def train_siamese(args: argparse.Namespace, settings: Settings) -> CommandResult:
-    """Build the trunk cache, train one head per requested loss, and save the best one with its curves."""
-    dataset = args.dataset if args.dataset is not None else settings.datasets_dir / "lfw"
-    photos = select_people(dataset, skip=args.skip_people, max_people=args.people, seed=args.seed)
-    training_people, validation_people = split_people(list(photos), args.validation_fraction, args.seed)
+def build_training_sets(
+    settings: Settings,
+    runner: TrunkRunner,
+    photos: Mapping[str, Sequence[Path]],
+    training_people: Sequence[str],
+    validation_people: Sequence[str],
+    *,
+    masks: int,
+    show_progress: bool = True,
+) -> tuple[FeatureSet, FeatureSet]:
+    """Return the trunk outputs of the photos' crops and masked variants, split into training and validation people.
 
-    # Crops come from the base network's pipeline whatever the --model value, because the head
+    Every photo is detected (or read from the detection cache), aligned and masked, and the trunk
+    runs only on crops whose output is not cached yet.
+    """
+    # Crops come from the base network's pipeline whatever the model setting, because the head
     # trains on its trunk. The detections cached by base-model runs are reused too.
     pipeline = FacePipeline.from_settings(dataclasses.replace(settings, model=BASE_MODEL))
-    runner = TrunkRunner(settings, args.layer)
-    trunk_cache = TrunkCache(settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=args.layer)
+    trunk_cache = TrunkCache(settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=runner.layer)
     with EmbeddingCache(settings.cache_dir / EMBEDDING_CACHE_FILE) as embedding_cache:
         features = build_feature_set(
             pipeline,
             runner,
             trunk_cache,
             photos,
-            masks=args.masks,
+            masks=masks,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             embedding_cache=embedding_cache,
-            show_progress=not args.json,
+            show_progress=show_progress,
         )
-    train, validation = subset(features, training_people), subset(features, validation_people)
+    return subset(features, training_people), subset(features, validation_people)
+
+
+async def train_siamese(args: argparse.Namespace, settings: Settings) -> CommandResult:
+    """Build the trunk cache, train one head per requested loss, and save the best one with its curves."""
+    dataset = args.dataset if args.dataset is not None else settings.datasets_dir / "lfw"
+    photos = select_people(dataset, skip=args.skip_people, max_people=args.people, seed=args.seed)
+    training_people, validation_people = split_people(list(photos), args.validation_fraction, args.seed)
+
+    runner = TrunkRunner(settings, args.layer)
+    train, validation = build_training_sets(
+        settings, runner, photos, training_people, validation_people, masks=args.masks, show_progress=not args.json
+    )
     logger.info(
         "training on %d crops of %d people, validating on %d crops of %d people",
         len(train),

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from siamese_rof import head_descriptors, trunk_table, with_base_part
 
-from cli.train_siamese import EMBEDDING_CACHE_FILE, TRUNK_CACHE_FOLDER, integer_at_least
+from cli.train_siamese import build_training_sets, integer_at_least
 from core.evaluation.identification import (
     AnalysedPhoto,
     EmbeddingCache,
@@ -52,15 +52,12 @@ from core.mask_detection import shipped_classifier
 from core.pipeline import FacePipeline
 from core.settings import BASE_MODEL, Settings
 from core.siamese.backbone import SiameseBackbone
-from core.siamese.cache import TrunkCache
 from core.siamese.data import (
     DEFAULT_MASKS_PER_PHOTO,
     DEFAULT_VALIDATION_FRACTION,
     FeatureSet,
-    build_feature_set,
     select_people,
     split_people,
-    subset,
 )
 from core.siamese.head import SiameseHead
 from core.siamese.training import EpochRecord, TrainingConfig, is_better, train_head
@@ -75,7 +72,7 @@ TARGET_GAIN = 0.10
 
 
 class RealMaskScorer:
-    """Masked rank-1 of a head on the rof protocol's real masked probes, with the mask-aware matcher."""
+    """Scorer of a head on the rof protocol's real masked probes, with the mask-aware matcher."""
 
     def __init__(self, settings: Settings, datasets: Path) -> None:
         pipeline = FacePipeline.from_settings(settings)
@@ -110,9 +107,10 @@ class RealMaskScorer:
         ``protocol`` defaults to the rof protocol's masked probe set. Another protocol must
         use the same photos and list its masked probe set first.
         """
+        if protocol is None:
+            protocol = self.protocol
         head_photos, head_synthetic = self._descriptors(head)
         photos, synthetic = with_base_part(head_photos, head_synthetic, self.base_photos, self.base_synthetic)
-        protocol = protocol or self.protocol
         evaluation = score_protocol(protocol, photos, model_id="head", matcher=self.matcher, synthetic=synthetic)
         return evaluation.probe_sets[0]
 
@@ -134,21 +132,9 @@ def shipped_training_sets(settings: Settings) -> tuple[FeatureSet, FeatureSet]:
     photos = select_people(settings.datasets_dir / "lfw", skip=DEFAULT_SKIPPED_PEOPLE, seed=0)
     training_people, validation_people = split_people(list(photos), DEFAULT_VALIDATION_FRACTION, 0)
     runner = TrunkRunner(settings, DEFAULT_TRUNK_LAYER)
-    trunk_cache = TrunkCache(
-        settings.cache_dir / TRUNK_CACHE_FOLDER, model_id=runner.model_id, layer=DEFAULT_TRUNK_LAYER
+    return build_training_sets(
+        settings, runner, photos, training_people, validation_people, masks=DEFAULT_MASKS_PER_PHOTO
     )
-    limits = {"max_image_bytes": settings.max_image_bytes, "max_image_pixels": settings.max_image_pixels}
-    with EmbeddingCache(settings.cache_dir / EMBEDDING_CACHE_FILE) as embedding_cache:
-        features = build_feature_set(
-            FacePipeline.from_settings(settings),
-            runner,
-            trunk_cache,
-            photos,
-            masks=DEFAULT_MASKS_PER_PHOTO,
-            embedding_cache=embedding_cache,
-            **limits,
-        )
-    return subset(features, training_people), subset(features, validation_people)
 
 
 @dataclasses.dataclass
