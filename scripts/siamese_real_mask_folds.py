@@ -40,7 +40,7 @@ from siamese_rof import TrunkTable
 
 from cli.train_siamese import integer_at_least
 from core.evaluation.identification import IdentificationProtocol, ProbeSet, ProbeSetResult
-from core.siamese.data import CropRecord, FeatureSet
+from core.siamese.data import CropRecord, FeatureSet, numbered_feature_set
 from core.siamese.head import SiameseHead
 from core.siamese.model_file import load_head
 from core.siamese.training import TrainingConfig, train_head
@@ -90,8 +90,9 @@ def held_out_protocol(
 ) -> IdentificationProtocol:
     """Return the masked probes of the ``held_out`` people against a gallery without the ``trained`` people."""
     masked = next(probe_set for probe_set in protocol.probe_sets if probe_set.name == "masked")
-    gallery = {label: photos for label, photos in protocol.gallery.items() if label not in set(trained)}
-    probes = tuple(probe for probe in masked.mated if probe.label in set(held_out))
+    trained_people, held_out_people = set(trained), set(held_out)
+    gallery = {label: photos for label, photos in protocol.gallery.items() if label not in trained_people}
+    probes = tuple(probe for probe in masked.mated if probe.label in held_out_people)
     return IdentificationProtocol(gallery, (ProbeSet("masked", probes, masked.non_mated),))
 
 
@@ -122,30 +123,13 @@ def rof_feature_rows(
             for number, side in enumerate(table.plain[path], start=1):
                 records.append(CropRecord(label, path, number, None, ""))
                 features.append(side)
-    return feature_set(records, np.stack(features))
-
-
-def feature_set(records: Sequence[CropRecord], features: np.ndarray) -> FeatureSet:
-    """Number the people and photos of ``records`` as :class:`FeatureSet` needs."""
-    people = tuple(sorted({record.person for record in records}))
-    person_index = {name: index for index, name in enumerate(people)}
-    photo_index: dict[tuple[str, Path], int] = {}
-    for record in records:
-        photo_index.setdefault((record.person, record.photo), len(photo_index))
-    return FeatureSet(
-        records=tuple(records),
-        features=features.astype(np.float16, copy=False),
-        labels=np.array([person_index[record.person] for record in records], dtype=np.int64),
-        photos=np.array([photo_index[(record.person, record.photo)] for record in records], dtype=np.int64),
-        masked=np.array([record.masked for record in records], dtype=bool),
-        people=people,
-    )
+    return numbered_feature_set(records, np.stack(features))
 
 
 def concatenate(first: FeatureSet, second: FeatureSet) -> FeatureSet:
     """Return the rows of both sets as one, people and photos numbered anew."""
-    records = first.records + second.records
-    return feature_set(records, np.concatenate([first.features, second.features]))
+    features = np.concatenate([first.features, second.features]).astype(np.float16, copy=False)
+    return numbered_feature_set(first.records + second.records, features)
 
 
 def photos_by_person(paths: Sequence[Path]) -> dict[str, list[Path]]:

@@ -24,7 +24,7 @@ def output(value: float) -> np.ndarray:
     return np.stack([np.full(SHAPE, value), np.full(SHAPE, -value)]).astype(np.float16)
 
 
-def test_fold_people_are_disjoint_and_cover_everyone(folds: ModuleType) -> None:
+def test_fold_people_cover_everyone_once(folds: ModuleType) -> None:
     people = [f"person{index}" for index in range(11)]
 
     split = folds.fold_people(people, 3, seed=0)
@@ -35,7 +35,7 @@ def test_fold_people_are_disjoint_and_cover_everyone(folds: ModuleType) -> None:
     assert split != folds.fold_people(people, 3, seed=1)
 
 
-def test_fold_people_rejects_more_folds_than_people(folds: ModuleType) -> None:
+def test_fold_people_rejects_too_many_folds(folds: ModuleType) -> None:
     with pytest.raises(ValueError, match="--folds 2 or fewer"):
         folds.fold_people(["a", "b"], 3, seed=0)
 
@@ -74,12 +74,14 @@ def test_rof_feature_rows_real_masks_optional(folds: ModuleType) -> None:
     assert real.photos.tolist() == [0, 0, 0, 1, 2, 2]
 
 
-def test_concatenate_numbers_people_and_photos_anew(folds: ModuleType) -> None:
-    first = folds.feature_set(
+def test_concatenate_renumbers_people_and_photos(folds: ModuleType) -> None:
+    first = folds.numbered_feature_set(
         [folds.CropRecord("zoe", Path("zoe/1.jpg"), 0, None, ""), folds.CropRecord("zoe", Path("zoe/1.jpg"), 1, 7, "")],
         np.zeros((2, *SHAPE)),
     )
-    second = folds.feature_set([folds.CropRecord("rof/ann", Path("ann/1.jpg"), 0, None, "")], np.ones((1, *SHAPE)))
+    second = folds.numbered_feature_set(
+        [folds.CropRecord("rof/ann", Path("ann/1.jpg"), 0, None, "")], np.ones((1, *SHAPE))
+    )
 
     joined = folds.concatenate(first, second)
 

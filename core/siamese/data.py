@@ -198,6 +198,11 @@ def _run_trunk(runner: TrunkRunner, trunk_cache: TrunkCache, pending: dict[str, 
 
 def assemble_feature_set(records: Sequence[CropRecord], trunk_cache: TrunkCache) -> FeatureSet:
     """Load the cached trunk outputs of ``records`` and number their people and photos."""
+    return numbered_feature_set(records, trunk_cache.stack([record.crop_sha for record in records]))
+
+
+def numbered_feature_set(records: Sequence[CropRecord], features: np.ndarray) -> FeatureSet:
+    """Return ``records`` with their trunk outputs, people numbered in sorted order, photos in order of appearance."""
     people = tuple(sorted({record.person for record in records}))
     person_index = {name: index for index, name in enumerate(people)}
     photo_index: dict[Path, int] = {}
@@ -205,7 +210,7 @@ def assemble_feature_set(records: Sequence[CropRecord], trunk_cache: TrunkCache)
         photo_index.setdefault(record.photo, len(photo_index))
     return FeatureSet(
         records=tuple(records),
-        features=trunk_cache.stack([record.crop_sha for record in records]),
+        features=features,
         labels=np.array([person_index[record.person] for record in records], dtype=np.int64),
         photos=np.array([photo_index[record.photo] for record in records], dtype=np.int64),
         masked=np.array([record.masked for record in records], dtype=bool),
